@@ -1,0 +1,163 @@
+"""The functional face of an RS-Net: `params, stats = net.init(key)`; `net.apply(params, stats[r], x)`.
+
+`params` is one tree shared by every resolution (convolutions, classifier, every resolution's
+BatchNorm scale and bias, and the ensemble weights `alpha`). `stats` maps each resolution to its
+own tree of BatchNorm running statistics; every `stats[r]` has the same structure and carries its
+resolution as the leaf `stats[r]['resolution']`, so that a tree passed with the wrong input size
+is caught instead of silently producing wrong logits.
+"""
+import dataclasses
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsnets_jax import models
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+RESOLUTION_KEY = 'resolution'
+
+
+@dataclasses.dataclass(frozen=True)
+class RSNet:
+  """An RS-Net: an architecture, its training resolutions (largest first) and its options."""
+  arch: str
+  resolutions: Tuple[int, ...]
+  num_classes: int = 1000
+  width: float = 1.0
+  shared_bn: bool = False
+  bn_group_size: Optional[int] = None
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.arch not in models.ARCHITECTURES:
+      raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(models.ARCHITECTURES)}')
+    res = tuple(int(r) for r in self.resolutions)
+    if not res or list(res) != sorted(set(res), reverse=True):
+      raise ValueError(f'resolutions must be distinct and largest first, got {self.resolutions}')
+    object.__setattr__(self, 'resolutions', res)
+    if self.dtype not in DTYPES:
+      raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
+
+  @property
+  def module(self) -> nn.Module:
+    kwargs = dict(resolutions=self.resolutions, num_classes=self.num_classes,
+                  shared_bn=self.shared_bn, bn_group_size=self.bn_group_size,
+                  dtype=DTYPES[self.dtype])
+    if self.arch.startswith('resnet'):
+      kwargs['width'] = int(round(64 * self.width))
+    else:
+      kwargs['width'] = float(self.width)
+    return models.ARCHITECTURES[self.arch](**kwargs)
+
+  def config(self) -> Dict[str, Any]:
+    """Everything needed to rebuild this network (stored beside checkpoints)."""
+    return dataclasses.asdict(self)
+
+  # -- functional API ---------------------------------------------------------------------------
+
+  def init(self, rng) -> Tuple[Any, Dict[int, Any]]:
+    init = jax.jit(self._init_variables).lower(rng)
+    # Init runs once: on CPU, optimising its random-number code costs seconds more than running it.
+    options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+    variables = init.compile(compiler_options=options)(rng)
+    # A copy per resolution: the trees must not share buffers (they are donated to the train step).
+    return variables['params'], {r: self._tag(jax.tree.map(jnp.copy, variables['batch_stats']), r)
+                                 for r in self.resolutions}
+
+  def init_shapes(self) -> Tuple[Any, Dict[int, Any]]:
+    """`init`'s output as shapes and dtypes, computing nothing."""
+    variables = jax.eval_shape(self._init_variables, jax.random.key(0))
+    tag = jax.ShapeDtypeStruct((), jnp.int32)
+    return variables['params'], {r: {RESOLUTION_KEY: tag, **variables['batch_stats']}
+                                 for r in self.resolutions}
+
+  def _init_variables(self, rng):
+    res = min(self.resolutions)  # parameter shapes do not depend on the resolution
+    return self.module.init(rng, jnp.zeros((1, res, res, 3), jnp.float32), res, train=False)
+
+  @staticmethod
+  def _tag(batch_stats, res: int):
+    return {RESOLUTION_KEY: jnp.int32(res), **batch_stats}
+
+  def apply(self, params, stats, x, train: bool = False):
+    """Logits of `x` (N, r, r, 3) at resolution r with that resolution's BatchNorm.
+
+    With `train=True` BatchNorm uses batch statistics and the updated `stats` are returned too.
+    """
+    res = self.resolution_of(x)
+    out = self.forward(params, self.check_stats(stats, res), x, train)
+    logits = out[0] if train else out
+    # Under jit the tag is traced and cannot raise; a mismatch then yields NaN, never plausible logits.
+    tag = stats[RESOLUTION_KEY]
+    if isinstance(tag, jax.core.Tracer):
+      logits = jnp.where(tag == res, logits, jnp.nan)
+    if train:
+      return logits, {RESOLUTION_KEY: tag, **out[1]}
+    return logits
+
+  def forward(self, params, batch_stats, x, train: bool = False):
+    """`apply` on the untagged statistics tree (for code that already knows the resolution)."""
+    variables = {'params': params, 'batch_stats': batch_stats}
+    res = int(x.shape[1])
+    if train:
+      logits, updated = self.module.apply(variables, x, res, train=True, mutable=['batch_stats'])
+      return logits, updated['batch_stats']
+    return self.module.apply(variables, x, res, train=False)
+
+  def resolution_of(self, x) -> int:
+    if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[3] != 3:
+      raise ValueError(f'expected images (N, r, r, 3) in NHWC, got shape {tuple(x.shape)}')
+    res = int(x.shape[1])
+    if res not in self.resolutions:
+      raise ValueError(f'this network has BatchNorm for resolutions {self.resolutions}, not {res}')
+    return res
+
+  @staticmethod
+  def check_stats(stats, res: int):
+    """The untagged BatchNorm statistics of `stats`, after checking they belong to `res`."""
+    if not isinstance(stats, dict) or RESOLUTION_KEY not in stats:
+      raise ValueError('stats must be one resolution\'s tree, stats[r] from net.init or rsnets_jax.load')
+    tag = stats[RESOLUTION_KEY]
+    if not isinstance(tag, jax.core.Tracer) and int(np.asarray(tag)) != res:
+      raise ValueError(f'stats are for resolution {int(np.asarray(tag))} but the input is {res}x{res}; '
+                       f'pass stats[{res}]')
+    return {k: v for k, v in stats.items() if k != RESOLUTION_KEY}
+
+  def macs(self, res: int) -> int:
+    """Multiply-accumulates of one image at `res` (convolutions and classifier, as the paper)."""
+    return count_macs(self.module, res)
+
+
+def count_macs(module: nn.Module, res: int) -> int:
+  total = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    mod = context.module
+    if context.method_name == '__call__' and isinstance(mod, (nn.Conv, nn.Dense)):
+      x = args[0]
+      if isinstance(mod, nn.Conv):
+        k = int(np.prod(mod.kernel_size))
+        total.append(int(np.prod(out.shape[1:])) * k * x.shape[-1] // mod.feature_group_count)
+      else:
+        total.append(int(x.shape[-1]) * mod.features)
+    return out
+
+  x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x, res, train=False), x)
+  return sum(total)
+
+
+def create_model(arch: str, resolutions: Sequence[int] = (224, 192, 160, 128, 96),
+                 num_classes: int = 1000, **kwargs) -> RSNet:
+  """An RS-Net by name: 'resnet18', 'resnet34', 'resnet50' or 'mobilenet_v2'.
+
+  Options: `width` (channel multiplier, 1.0 is the paper's), `shared_bn` (one BatchNorm for every
+  resolution, the ablation), `bn_group_size` (training statistics over groups of that many
+  examples), `dtype` ('float32' or 'bfloat16' compute; parameters stay float32).
+  """
+  return RSNet(arch, tuple(resolutions), num_classes, **kwargs)

@@ -1,0 +1,182 @@
+"""The training state and the jitted, sharded steps: `train_step(state, batch) -> (state, metrics)`.
+
+One `jax.jit` runs every resolution: the host sends uint8 crops at the largest resolution, the step
+makes each resolution's view on device, runs forward and backward through the shared weights with
+each resolution's own BatchNorm, and applies the RS-Nets loss. The batch is split over the mesh's
+'data' axis across every device of every host; the state is replicated. BatchNorm statistics are
+plain means over the batch axis, so under this sharding XLA computes them over the global batch
+(or over fixed groups of `bn_group_size` examples), with no axis names in the model.
+"""
+import functools
+from typing import Any, Dict, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rsnets_jax import losses, preprocess
+from rsnets_jax.network import RESOLUTION_KEY, RSNet
+
+DATA_AXIS = 'data'
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  stats: Dict[int, Any]  # stats[res]: that resolution's BatchNorm running statistics
+  opt_state: Any
+
+
+# -- model, optimiser and state from a config -------------------------------------------------------
+
+def create_network(config: ml_collections.ConfigDict) -> RSNet:
+  return RSNet(arch=config.arch, resolutions=tuple(config.resolutions),
+               num_classes=config.num_classes, width=config.width, shared_bn=config.shared_bn,
+               bn_group_size=config.bn_group_size, dtype=config.dtype)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Per-step cosine decay to zero, after an optional linear warm-up (the reference has none)."""
+  total = max(int(config.num_epochs * steps_per_epoch), 1)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  if warmup:
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, 0.0)
+  return optax.cosine_decay_schedule(config.learning_rate, total)
+
+
+def create_optimizer(config, steps_per_epoch: int):
+  """SGD as the reference: weight decay added to the gradient of every parameter (BatchNorm and
+  alpha included), then momentum without dampening, no Nesterov unless the config asks.
+  Returns the optimiser and its learning-rate schedule."""
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+  return tx, schedule
+
+
+def create_train_state(net: RSNet, tx: optax.GradientTransformation, key) -> TrainState:
+  params, stats = net.init(key)
+  return TrainState(step=jnp.int32(0), params=params, stats=stats, opt_state=tx.init(params))
+
+
+# -- sharding -------------------------------------------------------------------------------------
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over every device of every host (or the given ones); the batch is split over it."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Builds global arrays from each process's local part of the batch (its rows, in order)."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, replicated(mesh))
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+def _untagged(stats):
+  return {k: v for k, v in stats.items() if k != RESOLUTION_KEY}
+
+
+def compute_train_loss(params, stats, views, labels, net: RSNet, distillation: str):
+  """Loss over every resolution, the new statistics, and the parts of the loss.
+
+  With private BatchNorm each resolution starts from its own statistics. With one shared BatchNorm
+  the resolutions update the same statistics one after the other, as a single BatchNorm module
+  called once per resolution does in PyTorch.
+  """
+  logits, new_stats = [], {}
+  carried = None
+  for res in net.resolutions:
+    bn_in = carried if (net.shared_bn and carried is not None) else _untagged(stats[res])
+    z, carried = net.forward(params, bn_in, views[res], train=True)
+    logits.append(z)
+    new_stats[res] = carried
+  if net.shared_bn:
+    new_stats = {res: carried for res in net.resolutions}
+  new_stats = {res: {RESOLUTION_KEY: stats[res][RESOLUTION_KEY], **s} for res, s in new_stats.items()}
+  loss, parts = losses.rs_loss(logits, labels, params['alpha'], distillation)
+  return loss, (new_stats, parts, logits)
+
+
+def top_k_correct(logits, labels, k: int):
+  topk = jax.lax.top_k(logits, k)[1]
+  return jnp.any(topk == labels[:, None], axis=-1)
+
+
+def make_train_step(net: RSNet, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config, mesh: Mesh):
+  """The jitted `(state, batch) -> (state, metrics)`; `batch` = {'image': uint8 (N, R, R, 3) at the
+  largest resolution R, 'label': int32 (N,)}, split over the mesh's data axis."""
+  base_key = jax.random.key(config.seed)
+  mean = tuple(config.input_mean) if config.input_mean is not None else None
+  std = tuple(config.input_std) if config.input_std is not None else None
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    views = preprocess.train_views(batch['image'], net.resolutions, key, config.flip, mean, std)
+    labels = batch['label']
+    grad_fn = jax.value_and_grad(compute_train_loss, has_aux=True)
+    (loss, (new_stats, parts, logits)), grads = grad_fn(
+        state.params, state.stats, views, labels, net, config.distillation)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'ens_ce': parts['ens_ce'], 'kd': parts['kd'],
+               'learning_rate': schedule(state.step),
+               'alpha': jax.nn.softmax(params['alpha'])}
+    for i, res in enumerate(net.resolutions):
+      metrics[f'ce/{res}'] = parts['ce'][i]
+      metrics[f'top1/{res}'] = jnp.mean(top_k_correct(logits[i], labels, 1))
+    metrics['top1/ensemble'] = jnp.mean(top_k_correct(parts['ens_logits'], labels, 1))
+    new_state = state.replace(step=state.step + 1, params=params, stats=new_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+
+
+def make_eval_step(net: RSNet, config, mesh: Mesh):
+  """The jitted `(params, stats, batch) -> sums`; `batch` = {'images': {res: uint8 (N, res, res, 3)},
+  'label': int32 (N,), 'mask': bool (N,)} where padding rows have mask False and count for nothing.
+
+  Returns the number of correct top-1 and top-5 predictions per resolution and, when every training
+  resolution is present, for the alpha-weighted ensemble of their logits; and the number of images.
+  """
+  mean = tuple(config.input_mean) if config.input_mean is not None else None
+  std = tuple(config.input_std) if config.input_std is not None else None
+  k = min(5, net.num_classes)
+
+  def eval_step(params, stats, batch):
+    labels, mask = batch['label'], batch['mask']
+    sums, logits = {'count': jnp.sum(mask.astype(jnp.int32))}, {}
+    for res, images in sorted(batch['images'].items(), reverse=True):
+      logits[res] = net.forward(params, _untagged(stats[res]), preprocess.to_float(images, mean, std))
+    named = {str(res): z for res, z in logits.items()}
+    if all(res in logits for res in net.resolutions):
+      named['ensemble'] = losses.ensemble_logits([logits[r] for r in net.resolutions], params['alpha'])
+    for name, z in named.items():
+      sums[f'top1/{name}'] = jnp.sum(top_k_correct(z, labels, 1) & mask)
+      sums[f'top5/{name}'] = jnp.sum(top_k_correct(z, labels, k) & mask)
+    return sums
+
+  return jax.jit(eval_step, in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=replicated(mesh))

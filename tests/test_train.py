@@ -1,0 +1,143 @@
+"""The jitted multi-resolution train step: sharding-invariant, per-resolution BatchNorm, learns."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rsnets_jax
+from rsnets_jax import defaults, losses, train
+
+
+def tiny_config(**overrides):
+  c = defaults.get_config()
+  c.arch, c.width, c.num_classes, c.resolutions = 'resnet18', 0.125, 4, (32, 16)
+  c.batch_size, c.num_epochs, c.learning_rate, c.weight_decay = 16, 1, 0.1, 1e-4
+  c.update(overrides)
+  return c
+
+
+def learnable_batch(n, res, seed):
+  """Class k: a bright quadrant k on noise; learnable in a few steps at any resolution."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 4, n).astype(np.int32)
+  images = rng.integers(0, 100, (n, res, res, 3)).astype(np.uint8)
+  h = res // 2
+  for i, k in enumerate(labels):
+    images[i, (k // 2) * h:(k // 2 + 1) * h, (k % 2) * h:(k % 2 + 1) * h] += 120
+  return {'image': images, 'label': labels}
+
+
+def run_steps(config, devices, batches):
+  net = train.create_network(config)
+  tx, schedule = train.create_optimizer(config, steps_per_epoch=len(batches))
+  mesh = train.make_mesh(devices)
+  state = train.replicate(train.create_train_state(net, tx, jax.random.key(0)), mesh)
+  step = train.make_train_step(net, tx, schedule, config, mesh)
+  history = []
+  for batch in batches:
+    state, metrics = step(state, train.shard_batch(batch, mesh))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def test_sharded_step_equals_single_device_step():
+  config = tiny_config()
+  batches = [learnable_batch(16, 32, seed) for seed in range(2)]
+  one, hist_one = run_steps(config, jax.devices()[:1], batches)
+  eight, hist_eight = run_steps(config, jax.devices()[:8], batches)
+  assert len(jax.devices()) == 8
+  for a, b in zip(hist_one, hist_eight):
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+  # Only the order of floating-point reductions differs (a real sharding bug, such as per-device
+  # BatchNorm statistics, moves parameters by orders of magnitude more).
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  jax.tree.map(close, one.params, eight.params)
+  jax.tree.map(close, one.stats, eight.stats)
+  assert int(eight.step) == 2
+  # Something did change: the test would be vacuous otherwise.
+  assert not np.allclose(one.stats[16]['bn1']['mean'], 0)
+
+
+def test_a_few_steps_lower_the_loss_at_every_resolution():
+  config = tiny_config(resolutions=(32, 24, 16), learning_rate=0.03, batch_size=32)
+  batches = [learnable_batch(32, 32, seed % 4) for seed in range(12)]
+  _, history = run_steps(config, jax.devices(), batches)
+  for res in config.resolutions:
+    first = np.mean([h[f'ce/{res}'] for h in history[:3]])
+    last = np.mean([h[f'ce/{res}'] for h in history[-3:]])
+    assert last < 0.7 * first, (res, first, last)
+  assert np.isclose(history[-1]['alpha'].sum(), 1.0)
+
+
+def test_training_one_resolution_touches_only_its_batchnorm():
+  net = rsnets_jax.create_model('resnet18', resolutions=(32, 24, 16), num_classes=4, width=0.125)
+  params, stats = net.init(jax.random.key(0))
+  batch = learnable_batch(8, 24, 0)
+  x = jnp.asarray(batch['image'], jnp.float32) / 255
+
+  def loss_fn(p):
+    logits, new_stats = net.apply(p, stats[24], x, train=True)
+    return losses.cross_entropy(logits, batch['label']), new_stats
+
+  grads, new_stats24 = jax.grad(loss_fn, has_aux=True)(params)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  bn_grads = {jax.tree_util.keystr(path): g for path, g in flat if 'scale_' in str(path) or 'bias_' in str(path)}
+  assert bn_grads
+  for name, g in bn_grads.items():
+    if name.endswith("_24']"):
+      assert np.abs(g).max() > 0, name
+    else:
+      assert np.abs(g).max() == 0, name
+  assert np.abs(grads['alpha']).max() == 0
+  # One SGD step (no weight decay, which would also shrink untouched parameters).
+  tx = optax.sgd(0.1, momentum=0.9)
+  updated = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  for path, old in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = jax.tree_util.keystr(path)
+    new = dict(jax.tree_util.tree_flatten_with_path(updated)[0])[path]
+    if ('scale_' in name or 'bias_' in name) and not name.endswith("_24']"):
+      np.testing.assert_array_equal(old, new)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), stats[24], new_stats24)
+  assert all(jax.tree.leaves(changed)[:-1]) or any(jax.tree.leaves(changed))
+  assert int(new_stats24['resolution']) == 24
+  assert not np.allclose(new_stats24['bn1']['var'], stats[24]['bn1']['var'])
+
+
+def test_grouped_batchnorm_equals_separate_batches():
+  """bn_group_size=G normalises each group of G examples by its own statistics, as G examples per
+  GPU did in the reference; the running estimate is the groups' average."""
+  grouped = rsnets_jax.create_model('resnet18', resolutions=(16,), num_classes=4, width=0.125,
+                                    bn_group_size=4)
+  plain = rsnets_jax.create_model('resnet18', resolutions=(16,), num_classes=4, width=0.125)
+  params, stats = plain.init(jax.random.key(0))
+  x = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3))
+  logits_g, stats_g = grouped.apply(params, stats[16], x, train=True)
+  logits_a, stats_a = plain.apply(params, stats[16], x[:4], train=True)
+  logits_b, stats_b = plain.apply(params, stats[16], x[4:], train=True)
+  np.testing.assert_allclose(logits_g, np.concatenate([logits_a, logits_b]), rtol=1e-3, atol=1e-4)
+  mean_of = lambda a, b, g: np.testing.assert_allclose((a + b) / 2, g, rtol=1e-4, atol=1e-6)
+  jax.tree.map(mean_of, stats_a, stats_b, stats_g)
+  with pytest.raises(ValueError, match='group size'):
+    grouped.apply(params, stats[16], x[:6], train=True)
+
+
+def test_eval_step_counts_masked_batch_exactly():
+  config = tiny_config()
+  net = train.create_network(config)
+  params, stats = net.init(jax.random.key(0))
+  mesh = train.make_mesh()
+  eval_step = train.make_eval_step(net, config, mesh)
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 16).astype(np.int32)
+  images = {r: rng.integers(0, 255, (16, r, r, 3)).astype(np.uint8) for r in (32, 16)}
+  mask = np.arange(16) < 11
+  sums = jax.device_get(eval_step(params, stats, train.shard_batch(
+      {'images': images, 'label': labels, 'mask': mask}, mesh)))
+  assert sums['count'] == 11
+  for r in (32, 16):
+    logits = np.asarray(net.apply(params, stats[r], jnp.asarray(images[r], jnp.float32) / 255))
+    top1 = (logits.argmax(-1) == labels)[mask].sum()
+    top4 = np.any(np.argsort(-logits, -1)[:, :4] == labels[:, None], -1)[mask].sum()
+    assert sums[f'top1/{r}'] == top1 and sums[f'top5/{r}'] == top4 == 11
+  assert 'top1/ensemble' in sums
