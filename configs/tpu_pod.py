@@ -1,0 +1,28 @@
+"""RS-ResNet-50 on a Cloud TPU pod slice (e.g. v4-32), data in a GCS bucket.
+
+Run the same command on every host of the slice (e.g. `gcloud compute tpus tpu-vm ssh NAME
+--worker=all --command=...`):
+
+    python -m rsnets_jax.main --config=configs/tpu_pod.py --workdir=gs://BUCKET/runs/rs_resnet50 \
+        --config.data_dir=gs://BUCKET/tensorflow_datasets
+
+jax.distributed discovers the slice; every host reads its own part of the data; BatchNorm
+statistics are over the global batch; bfloat16 compute with float32 parameters. The learning rate
+follows the linear scaling rule from the paper's 0.1 at batch 256, with a 5-epoch warm-up for the
+larger batch.
+"""
+from rsnets_jax import defaults
+
+
+def get_config():
+  c = defaults.get_config()
+  c.arch = 'resnet50'
+  c.distributed = True
+  c.dtype = 'bfloat16'
+  c.batch_size = 2048
+  c.eval_batch_size = 2048
+  c.learning_rate = 0.1 * c.batch_size / 256
+  c.warmup_epochs = 5.0
+  c.num_workers = 16
+  c.checkpoint_every_steps = 500
+  return c
