@@ -1,4 +1,5 @@
 """rsnets_jax: Resolution Switchable Networks (RS-Nets, ECCV 2020) in JAX/Flax."""
+from rsnets_jax.checkpoint import load, save_model
 from rsnets_jax.network import RSNet, create_model
 
-__all__ = ['RSNet', 'create_model']
+__all__ = ['RSNet', 'create_model', 'load', 'save_model']

@@ -16,10 +16,25 @@ flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (lo
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line error for a wrong flag or config field instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = ' '.join(str(e).replace('\\n', ' ').replace("\\'", "'").split()).strip('\'"')
+    print(f'error: bad command line: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = FLAGS.config
+  try:
+    config = FLAGS.config
+    config.mode  # config_flags defers a failed load of the file until the first access
+  except OSError as e:
+    print(f'error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}', file=sys.stderr)
+    sys.exit(2)
   import jax
   if config.distributed:
     # On Cloud TPU and SLURM every argument is discovered; elsewhere the config gives them.
@@ -45,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

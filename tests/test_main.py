@@ -1,0 +1,127 @@
+"""The command line as a user runs it: end to end, resume after a kill, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import jax
+
+import rsnets_jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small but complete run: five resolutions, generated data, evaluation, checkpoints, reports.
+SMALL = ['--config.synthetic_train_size=512', '--config.synthetic_val_size=96',
+         '--config.batch_size=32', '--config.eval_batch_size=64', '--config.log_every_steps=2']
+
+
+def main(workdir, *flags, config='configs/default.py', cache=None, wait=True):
+  env = {**os.environ, 'PYTHONPATH': ROOT}
+  if cache:  # later runs of the same program skip XLA compilation
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  cmd = [sys.executable, '-m', 'rsnets_jax.main', f'--config={config}', f'--workdir={workdir}', *flags]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  if not wait:
+    return proc
+  out = proc.communicate(timeout=600)[0]
+  return proc.returncode, out
+
+
+def test_default_command_end_to_end(tmp_path):
+  code, out = main(tmp_path, *SMALL, '--config.max_steps=8')
+  assert code == 0, out[-3000:]
+  assert 'step 8/8' in out and 'img/s' in out and 'ETA' in out
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert [r['resolution'] for r in results['rows']] == [48, 40, 32, 24, 16]
+  assert results['count'] == 96 and 'ensemble' in results
+  assert all(0 <= r['top1'] <= 100 and r['macs'] > 0 for r in results['rows'])
+  table = (tmp_path / 'results.md').read_text()
+  assert '| 48 |' in table and 'ensemble' in table
+  assert (tmp_path / 'accuracy_vs_macs.png').stat().st_size > 10_000
+  assert any((tmp_path / 'tensorboard').iterdir())
+  net, params, stats = rsnets_jax.load(tmp_path)
+  assert net.resolutions == (48, 40, 32, 24, 16) and sorted(stats) == [16, 24, 32, 40, 48]
+  # The evaluation command reads the same checkpoint and reproduces the table.
+  code, out = main(tmp_path, *SMALL, '--config.mode=eval')
+  assert code == 0, out[-3000:]
+  again = json.loads((tmp_path / 'results.json').read_text())
+  assert [r['top1'] for r in again['rows']] == [r['top1'] for r in results['rows']]
+
+
+RESUME = SMALL + ['--config.resolutions=(24, 16)', '--config.width=0.125',
+                  '--config.synthetic_image_size=24', '--config.max_steps=12',
+                  '--config.checkpoint_every_steps=3', '--config.eval_every_epochs=0',
+                  '--config.log_every_steps=1']
+
+
+def committed_steps(workdir):
+  d = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  cache = tmp_path / 'xla_cache'
+  code, out = main(tmp_path / 'whole', *RESUME, cache=cache)
+  assert code == 0, out[-3000:]
+
+  proc = main(tmp_path / 'killed', *RESUME, cache=cache, wait=False)
+  deadline = time.time() + 300
+  while not [s for s in committed_steps(tmp_path / 'killed') if s >= 6] and time.time() < deadline:
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert max(committed_steps(tmp_path / 'killed')) < 12, 'the run finished before it was killed'
+
+  code, out = main(tmp_path / 'killed', *RESUME, cache=cache)
+  assert code == 0, out[-3000:]
+  assert 'resumed from step' in out
+  _, whole, whole_stats = rsnets_jax.load(tmp_path / 'whole')
+  _, resumed, resumed_stats = rsnets_jax.load(tmp_path / 'killed')
+  same = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-6, atol=1e-7),
+                      (whole, whole_stats), (resumed, resumed_stats))
+  assert all(jax.tree.leaves(same))
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = main(tmp_path, *RESUME, '--config.max_steps=100000', '--config.checkpoint_every_steps=1000',
+              wait=False)
+  deadline = time.time() + 300
+  out = ''
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    out += line
+    if 'step 2/' in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out += proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert 'preemption' in out
+  steps = committed_steps(tmp_path)
+  assert steps and steps[-1] >= 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  code, out = main(tmp_path, *RESUME, '--config.learning_rate=1e30')
+  assert code != 0
+  assert 'loss is' in out and 'untouched' in out
+  last = out.strip().splitlines()[-1]
+  assert last.startswith('error: loss is'), last
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path):
+  code, out = main(tmp_path, '--config.batch_sise=64')
+  assert code != 0
+  assert 'batch_sise' in out
+  assert 'Traceback' not in out
+
+
+def test_wrong_data_path_is_one_clear_error(tmp_path):
+  code, out = main(tmp_path, f'--config.data_dir={tmp_path}/nowhere', config='configs/imagenette.py')
+  assert code == 1
+  lines = [l for l in out.strip().splitlines() if l.strip()]
+  assert lines[-1].startswith('error:') and 'nowhere' in lines[-1], out
+  assert 'Traceback' not in out
