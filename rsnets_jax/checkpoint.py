@@ -35,6 +35,12 @@ def _stats_from_disk(stats: Dict[str, Any]) -> Dict[int, Any]:
   return {int(res): tree for res, tree in stats.items()}
 
 
+def _path(path) -> epath.Path:
+  """`path` as an epath; a local one made absolute, which Orbax requires."""
+  path = os.fspath(path)
+  return epath.Path(path if '://' in path else os.path.abspath(path))
+
+
 def _abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
@@ -42,6 +48,8 @@ def _abstract(tree, sharding):
 def network_from_meta(meta: Dict[str, Any]) -> RSNet:
   network = dict(meta['network'])
   network['resolutions'] = tuple(network['resolutions'])
+  # Checkpoints written before resolutions could be added have no such field.
+  network['extra_resolutions'] = tuple(network.get('extra_resolutions', ()))
   return RSNet(**network)
 
 
@@ -58,7 +66,7 @@ def _composite_checkpointer():
 
 def save_model(directory, net: RSNet, params, stats, extra_meta: Optional[Dict[str, Any]] = None):
   """Writes a checkpoint that `load` reads: the network, its params and every `stats[r]`."""
-  directory = epath.Path(directory)
+  directory = _path(directory)
   meta = {'network': net.config(), **(extra_meta or {})}
   _composite_checkpointer().save(
       directory, args=ocp.args.Composite(
@@ -83,7 +91,7 @@ def _step_directory(path: epath.Path, which: str) -> epath.Path:
 
 
 def read_meta(path) -> Dict[str, Any]:
-  directory = _step_directory(epath.Path(path), 'latest')
+  directory = _step_directory(_path(path), 'latest')
   return _composite_checkpointer().restore(
       directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
@@ -94,7 +102,7 @@ def load(path, which: str = 'latest') -> Tuple[RSNet, Any, Dict[int, Any]]:
 
   `which` picks the checkpoint of a run: 'latest' or 'best' (by the largest resolution's top-1).
   """
-  path = epath.Path(os.fspath(path))
+  path = _path(path)
   if not path.exists():
     raise CheckpointError(f'no checkpoint at {path}')
   directory = _step_directory(path, which)
@@ -114,7 +122,7 @@ class TrainCheckpoints:
 
   def __init__(self, workdir, keep: int = 3, best_metric: Optional[str] = None,
                async_save: bool = True):
-    self.directory = epath.Path(workdir) / CHECKPOINT_SUBDIR
+    self.directory = _path(workdir) / CHECKPOINT_SUBDIR
     self.best_metric = best_metric
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if best_metric:

@@ -73,6 +73,7 @@ def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str = ''):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4.2))
+  untrained = False
   for name, table in curves.items():
     rows = [r for r in table['rows'] if r['top1'] is not None]
     rows.sort(key=lambda r: r['macs'])
@@ -80,9 +81,12 @@ def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str = ''):
                     label=name, markersize=5)
     for r in rows:
       if not r.get('trained', True):
+        untrained = True
         ax.plot(r['macs'] / 1e6, r['top1'], 'o', mfc='white', mec=line.get_color(), markersize=7)
       ax.annotate(str(r['resolution']), (r['macs'] / 1e6, r['top1']), fontsize=7,
                   textcoords='offset points', xytext=(3, -9))
+  if untrained:
+    ax.plot([], [], 'o', mfc='white', mec='gray', label='not trained (BatchNorm recalibrated)')
   ax.set_xlabel('MACs per image (millions)')
   ax.set_ylabel('top-1 accuracy (%)')
   ax.set_title(title or 'accuracy vs cost')

@@ -4,6 +4,8 @@ Every network is a plain Flax module called on one resolution at a time. The res
 BatchNorm affine parameters (`scale_{res}`, `bias_{res}` inside each BatchNorm's params) and the
 caller passes that resolution's running statistics as the `batch_stats` collection. Nothing else
 depends on the resolution, so the convolution and classifier weights are shared by construction.
+BatchNorm exists for the training `resolutions` and for any `extra_resolutions` added after
+training (rsnets_jax/recalibrate.py); only the training ones have an ensemble weight in `alpha`.
 
 Arithmetic follows the reference PyTorch code: explicit symmetric padding (never 'SAME'), BatchNorm
 eps 1e-5 and PyTorch momentum 0.1 with the unbiased running variance, torchvision ResNet v1.5 and
@@ -20,6 +22,9 @@ import jax.numpy as jnp
 # PyTorch BatchNorm2d defaults, which the published checkpoints were trained with.
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
+# In train mode every BatchNorm also sows, into this collection when the caller makes it mutable,
+# the batch mean and unbiased variance that its running statistics move towards.
+BATCH_MOMENTS = 'batch_moments'
 
 # Kaiming normal, fan_out, ReLU gain (torchvision ResNet) == std sqrt(2 / (k*k*out)) (MobileNetV2).
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -35,6 +40,19 @@ def declare_alpha(module: nn.Module):
   module.param('alpha', nn.initializers.ones, (len(module.resolutions),))
 
 
+def switchable_norm(module: nn.Module) -> Callable:
+  """The BatchNorm of a network: private affine parameters for its training resolutions, then for
+  the resolutions added after training."""
+  return functools.partial(SwitchableBatchNorm,
+                           tuple(module.resolutions) + tuple(module.extra_resolutions),
+                           module.shared_bn, module.bn_group_size, module.dtype)
+
+
+def _last(previous, value):
+  del previous
+  return value
+
+
 class SwitchableBatchNorm(nn.Module):
   """BatchNorm with private affine parameters per resolution.
 
@@ -42,6 +60,8 @@ class SwitchableBatchNorm(nn.Module):
   keeps one such tree per resolution. With `shared=True` there is one affine pair for every
   resolution (the "shared BN" ablation). `group_size` computes training statistics over fixed
   groups of that many examples (G=32 reproduces the reference's per-GPU BatchNorm on 8 GPUs).
+  In train mode the batch mean and unbiased variance (averaged over the groups) that update the
+  running statistics are also sown into the `BATCH_MOMENTS` collection when it is mutable.
   """
   resolutions: Sequence[int]
   shared: bool = False
@@ -76,8 +96,13 @@ class SwitchableBatchNorm(nn.Module):
         count = g * math.prod(x32.shape[1:-1])
         unbiased = var * (count / max(count - 1, 1))
         # With groups, the running estimate is the average of the groups' estimates.
-        ra_mean.value = (1 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * jnp.mean(mean, axis=reduce_axes + (0,))
-        ra_var.value = (1 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * jnp.mean(unbiased, axis=reduce_axes + (0,))
+        batch_mean = jnp.mean(mean, axis=reduce_axes + (0,))
+        batch_var = jnp.mean(unbiased, axis=reduce_axes + (0,))
+        ra_mean.value = (1 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * batch_mean
+        ra_var.value = (1 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * batch_var
+        # Exact, for recalibration: recovering them from the momentum update would lose digits.
+        self.sow(BATCH_MOMENTS, 'mean', batch_mean, reduce_fn=_last, init_fn=lambda: None)
+        self.sow(BATCH_MOMENTS, 'var', batch_var, reduce_fn=_last, init_fn=lambda: None)
     else:
       y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + BN_EPS)
     y = y * scales[key] + biases[key]
@@ -162,12 +187,12 @@ class ResNet(nn.Module):
   shared_bn: bool = False
   bn_group_size: Optional[int] = None
   dtype: Any = jnp.float32
+  extra_resolutions: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, x, res: int, train: bool = False):
     declare_alpha(self)
-    norm = functools.partial(SwitchableBatchNorm, self.resolutions, self.shared_bn,
-                             self.bn_group_size, self.dtype)
+    norm = switchable_norm(self)
     x = x.astype(self.dtype)
     x = Conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x, res, train))
@@ -217,6 +242,7 @@ class MobileNetV2(nn.Module):
   shared_bn: bool = False
   bn_group_size: Optional[int] = None
   dtype: Any = jnp.float32
+  extra_resolutions: Sequence[int] = ()
   # (expansion, channels, repeats, first stride), as torchvision and the reference.
   settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
               (6, 160, 3, 2), (6, 320, 1, 1))
@@ -224,8 +250,7 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, res: int, train: bool = False):
     declare_alpha(self)
-    norm = functools.partial(SwitchableBatchNorm, self.resolutions, self.shared_bn,
-                             self.bn_group_size, self.dtype)
+    norm = switchable_norm(self)
     x = x.astype(self.dtype)
     x = Conv(_make_divisible(32 * self.width), 3, 2, dtype=self.dtype, name='stem_conv')(x)
     x = nn.relu6(norm(name='stem_bn')(x, res, train))

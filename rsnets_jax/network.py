@@ -5,6 +5,10 @@ BatchNorm scale and bias, and the ensemble weights `alpha`). `stats` maps each r
 own tree of BatchNorm running statistics; every `stats[r]` has the same structure and carries its
 resolution as the leaf `stats[r]['resolution']`, so that a tree passed with the wrong input size
 is caught instead of silently producing wrong logits.
+
+A network runs at its training `resolutions` and at any `extra_resolutions` given BatchNorm after
+training (`rsnets_jax.add_resolution`); `all_resolutions` lists both. Training, `alpha` and the
+ensemble use the training resolutions only.
 """
 import dataclasses
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -22,7 +26,11 @@ RESOLUTION_KEY = 'resolution'
 
 @dataclasses.dataclass(frozen=True)
 class RSNet:
-  """An RS-Net: an architecture, its training resolutions (largest first) and its options."""
+  """An RS-Net: an architecture, its training resolutions (largest first) and its options.
+
+  `extra_resolutions` are resolutions added after training: they have BatchNorm (so `apply` runs
+  at them) but no ensemble weight, and training never sees them.
+  """
   arch: str
   resolutions: Tuple[int, ...]
   num_classes: int = 1000
@@ -30,6 +38,7 @@ class RSNet:
   shared_bn: bool = False
   bn_group_size: Optional[int] = None
   dtype: str = 'float32'
+  extra_resolutions: Tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.arch not in models.ARCHITECTURES:
@@ -38,14 +47,24 @@ class RSNet:
     if not res or list(res) != sorted(set(res), reverse=True):
       raise ValueError(f'resolutions must be distinct and largest first, got {self.resolutions}')
     object.__setattr__(self, 'resolutions', res)
+    extra = tuple(int(r) for r in self.extra_resolutions)
+    if len(set(extra)) != len(extra) or set(extra) & set(res) or any(r <= 0 for r in extra):
+      raise ValueError(f'extra_resolutions must be distinct, positive and not training '
+                       f'resolutions, got {self.extra_resolutions} with resolutions {res}')
+    object.__setattr__(self, 'extra_resolutions', tuple(sorted(extra, reverse=True)))
     if self.dtype not in DTYPES:
       raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
+
+  @property
+  def all_resolutions(self) -> Tuple[int, ...]:
+    """Every resolution the network runs at, trained or added, largest first."""
+    return tuple(sorted(self.resolutions + self.extra_resolutions, reverse=True))
 
   @property
   def module(self) -> nn.Module:
     kwargs = dict(resolutions=self.resolutions, num_classes=self.num_classes,
                   shared_bn=self.shared_bn, bn_group_size=self.bn_group_size,
-                  dtype=DTYPES[self.dtype])
+                  dtype=DTYPES[self.dtype], extra_resolutions=self.extra_resolutions)
     if self.arch.startswith('resnet'):
       kwargs['width'] = int(round(64 * self.width))
     else:
@@ -65,14 +84,14 @@ class RSNet:
     variables = init.compile(compiler_options=options)(rng)
     # A copy per resolution: the trees must not share buffers (they are donated to the train step).
     return variables['params'], {r: self._tag(jax.tree.map(jnp.copy, variables['batch_stats']), r)
-                                 for r in self.resolutions}
+                                 for r in self.all_resolutions}
 
   def init_shapes(self) -> Tuple[Any, Dict[int, Any]]:
     """`init`'s output as shapes and dtypes, computing nothing."""
     variables = jax.eval_shape(self._init_variables, jax.random.key(0))
     tag = jax.ShapeDtypeStruct((), jnp.int32)
     return variables['params'], {r: {RESOLUTION_KEY: tag, **variables['batch_stats']}
-                                 for r in self.resolutions}
+                                 for r in self.all_resolutions}
 
   def _init_variables(self, rng):
     res = min(self.resolutions)  # parameter shapes do not depend on the resolution
@@ -107,12 +126,23 @@ class RSNet:
       return logits, updated['batch_stats']
     return self.module.apply(variables, x, res, train=False)
 
+  def batch_moments(self, params, x):
+    """Every BatchNorm's batch mean and unbiased batch variance of `x` (N, r, r, 3) in train mode,
+    in a tree shaped like the untagged `stats[r]`: what train mode moves the running statistics
+    towards. BatchNorm recalibration averages them over batches."""
+    res = self.resolution_of(x)
+    # The running statistics are created (and discarded): train mode never reads them.
+    _, variables = self.module.apply({'params': params}, x, res, train=True,
+                                     mutable=['batch_stats', models.BATCH_MOMENTS])
+    return variables[models.BATCH_MOMENTS]
+
   def resolution_of(self, x) -> int:
     if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[3] != 3:
       raise ValueError(f'expected images (N, r, r, 3) in NHWC, got shape {tuple(x.shape)}')
     res = int(x.shape[1])
-    if res not in self.resolutions:
-      raise ValueError(f'this network has BatchNorm for resolutions {self.resolutions}, not {res}')
+    if res not in self.all_resolutions:
+      raise ValueError(f'this network has BatchNorm for resolutions {self.all_resolutions}, not '
+                       f'{res}; rsnets_jax.add_resolution adds one')
     return res
 
   @staticmethod
@@ -147,8 +177,9 @@ def count_macs(module: nn.Module, res: int) -> int:
     return out
 
   x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
+  bn_res = module.resolutions[0]  # any BatchNorm: the cost is the same, so any `res` can be costed
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda x: module.init(jax.random.key(0), x, res, train=False), x)
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x, bn_res, train=False), x)
   return sum(total)
 
 
@@ -158,6 +189,7 @@ def create_model(arch: str, resolutions: Sequence[int] = (224, 192, 160, 128, 96
 
   Options: `width` (channel multiplier, 1.0 is the paper's), `shared_bn` (one BatchNorm for every
   resolution, the ablation), `bn_group_size` (training statistics over groups of that many
-  examples), `dtype` ('float32' or 'bfloat16' compute; parameters stay float32).
+  examples), `dtype` ('float32' or 'bfloat16' compute; parameters stay float32),
+  `extra_resolutions` (BatchNorm for resolutions added after training, see `add_resolution`).
   """
   return RSNet(arch, tuple(resolutions), num_classes, **kwargs)

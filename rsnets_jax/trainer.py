@@ -89,7 +89,7 @@ class Preemption:
 # -- the job ---------------------------------------------------------------------------------------
 
 def run_eval(config, net, state, eval_step, mesh, resolutions=None) -> Dict[str, float]:
-  batches = data.eval_batches(config, resolutions or net.resolutions)
+  batches = data.eval_batches(config, resolutions or net.all_resolutions)
   accuracies = evaluate.evaluate(eval_step, state.params, state.stats, batches,
                                  lambda b: train.shard_batch(b, mesh))
   accuracies['skipped'] = getattr(batches, 'skipped', 0)
@@ -97,7 +97,7 @@ def run_eval(config, net, state, eval_step, mesh, resolutions=None) -> Dict[str,
 
 
 def report(workdir, config, net, accuracies, when: str, extra: Dict[str, Any]):
-  table = evaluate.results_table(net, accuracies, net.resolutions)
+  table = evaluate.results_table(net, accuracies, net.all_resolutions, trained=net.resolutions)
   title = f'RS-{net.arch} on {config.dataset}, {when}'
   evaluate.write_reports(workdir, table, {**extra, 'skipped_images': accuracies.get('skipped', 0)},
                          title)
@@ -137,6 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     train_iter.set_state(data_state)
     log.info('resumed from step %d in %s', int(state.step), ckpts.directory)
   start = int(jax.device_get(state.step))
+  if start >= total_steps:
+    log.info('%s already holds the final step %d; use --config.mode=eval to evaluate it',
+             ckpts.directory, start)
 
   # -- loop --
   summaries = Summaries(workdir)
@@ -154,6 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                           f'(step {last}) in {ckpts.directory} is untouched.')
 
   def save(step, metrics=None, force=False):
+    if ckpts.latest_step() == step:  # e.g. preempted right after the evaluation's save
+      return
     if last_metrics is not None:
       check_finite(jax.device_get(last_metrics), step)
     ckpts.save(state, train_iter.get_state(), meta, metrics=metrics, force=force)

@@ -1,0 +1,156 @@
+"""Command line: add resolutions a trained RS-Net never saw, evaluated beside the trained ones.
+
+    python -m rsnets_jax.add_resolutions --config=configs/imagenette.py --workdir=runs/imagenette \
+        --resolutions=120,104,88,72 [--num_images=2048] [--dst=DIR]
+
+Reads the work directory's checkpoint (the latest; `--config.eval_checkpoint=best` for the best;
+`--workdir` may also be a directory written by the converter) and never writes there. Each
+resolution gets the BatchNorm affine parameters of the nearest training resolution (ties to the
+larger) and running statistics re-estimated at that resolution from `--num_images` training crops
+(`rsnets_jax.add_resolution`). The extended network is saved to `--dst` (default
+<workdir>/with_resolutions), where `rsnets_jax.load` reads it, together with results.json,
+results.md and accuracy_vs_macs.png: every resolution on the validation set, the added ones marked
+as not trained. The config gives the data (dataset, data_dir, batch sizes, input scaling) and
+takes the same `--config.field=value` overrides as `rsnets_jax.main`; the network (architecture,
+training resolutions) comes from the checkpoint.
+"""
+import logging
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from absl import app, flags
+from etils import epath
+
+from rsnets_jax import checkpoint, data, evaluate, recalibrate, train
+from rsnets_jax.main import FLAGS, parse_flags  # --config and --workdir, as the training command
+
+DEFAULT_SUBDIR = 'with_resolutions'
+
+flags.DEFINE_list('resolutions', None, 'Resolutions to add, comma-separated: 120,104,88,72.')
+flags.register_validator(
+    'resolutions', lambda v: v is None or all(r.strip().isdigit() and int(r) > 0 for r in v),
+    message='--resolutions must be positive integers separated by commas')
+flags.DEFINE_integer('num_images', recalibrate.DEFAULT_NUM_IMAGES,
+                     'Training images (whole batches of config.batch_size) that re-estimate the '
+                     'BatchNorm statistics of each added resolution.', lower_bound=1)
+flags.DEFINE_string('dst', None, f'Where the extended checkpoint and reports go '
+                    f'(default: <workdir>/{DEFAULT_SUBDIR}).')
+flags.mark_flags_as_required(['resolutions'])
+
+log = logging.getLogger('rsnets_jax')
+
+
+def _normalized(path) -> str:
+  path = os.fspath(path)
+  return path.rstrip('/') if '://' in path else os.path.abspath(path)
+
+
+def check_destination(dst, workdir):
+  """Refuses a `dst` whose replacement would touch the checkpoint being read or anything this
+  command did not write (save_model replaces the whole directory)."""
+  d, w = _normalized(dst), _normalized(workdir)
+  if w == d or w.startswith(d + '/'):
+    raise ValueError(f'--dst {dst} holds the checkpoint being read; choose another directory')
+  checkpoints = os.path.join(w, checkpoint.CHECKPOINT_SUBDIR)
+  if d == checkpoints or d.startswith(checkpoints + '/'):
+    raise ValueError(f'--dst {dst} is in the training checkpoints; choose another directory')
+  path = epath.Path(os.fspath(dst))
+  if path.exists() and any(path.iterdir()):
+    try:
+      ours = 'added_resolutions' in checkpoint.read_meta(path)
+    except Exception:  # pylint: disable=broad-except  # anything unreadable is not ours
+      ours = False
+    if not ours:
+      raise ValueError(f'--dst {dst} exists and was not written by this command; choose another '
+                       f'directory')
+
+
+def add_resolutions(config, workdir, resolutions: Sequence[int],
+                    num_images: int = recalibrate.DEFAULT_NUM_IMAGES,
+                    dst: Optional[str] = None) -> Dict[str, Any]:
+  """Adds `resolutions` to the checkpoint in `workdir`, saves the result in `dst`, evaluates every
+  resolution and writes the reports there. Returns the results table."""
+  # -- the trained network --
+  net, params, stats = checkpoint.load(workdir, which=config.eval_checkpoint)
+  resolutions = sorted({int(r) for r in resolutions}, reverse=True)
+  present = [r for r in resolutions if r in net.all_resolutions]
+  if present:
+    raise ValueError(f'the network already runs at {present} (its resolutions: '
+                     f'{list(net.all_resolutions)}); add other ones')
+  dst = dst or os.path.join(os.fspath(workdir), DEFAULT_SUBDIR)
+  check_destination(dst, workdir)
+  given_config = config.to_dict()
+  mean = tuple(config.input_mean) if config.input_mean is not None else None
+  std = tuple(config.input_std) if config.input_std is not None else None
+
+  # -- recalibration images: training crops, made at the largest resolution in play --
+  # A resolution above the trained ones then gets crops at its own size, not upsampled ones.
+  config = config.copy_and_resolve_references()
+  config.resolutions = tuple(sorted(set(net.resolutions) | set(resolutions), reverse=True))
+  num_batches = -(-num_images // config.batch_size)
+  train_iter = data.train_iterator(config)
+  batches = [next(train_iter)['image'] for _ in range(num_batches)]
+  train_iter.close()  # stops the loader's worker processes
+  used = num_batches * config.batch_size
+
+  # -- add each resolution --
+  added = {}
+  for res in resolutions:
+    source = None if net.shared_bn else recalibrate.nearest_resolution(net.resolutions, res)
+    net, params, stats = recalibrate.add_resolution(net, params, stats, res, batches, used,
+                                                    mean, std)
+    added[str(res)] = {'affine_from': source}
+    log.info('added resolution %d: BatchNorm affine parameters from %s, statistics from %d '
+             'training images', res, source or 'the shared BatchNorm', used)
+
+  # -- save: a checkpoint that rsnets_jax.load reads --
+  provenance = {'added_resolutions': added, 'recalibration_images': used,
+                'source_checkpoint': os.fspath(workdir)}
+  checkpoint.save_model(dst, net, params, stats, {**provenance, 'config': given_config})
+  log.info('wrote %s with resolutions %s (trained %s)', dst, list(net.all_resolutions),
+           list(net.resolutions))
+
+  # -- evaluate every resolution, trained and added --
+  mesh = train.make_mesh()
+  eval_step = train.make_eval_step(net, config, mesh)
+  params, stats = train.replicate((params, stats), mesh)
+  eval_batches = data.eval_batches(config, net.all_resolutions)
+  accuracies = evaluate.evaluate(eval_step, params, stats, eval_batches,
+                                 lambda b: train.shard_batch(b, mesh))
+
+  # -- reports --
+  table = evaluate.results_table(net, accuracies, net.all_resolutions)  # trained: net.resolutions
+  added_list = ', '.join(map(str, resolutions))
+  evaluate.write_reports(
+      dst, table, {**provenance, 'skipped_images': getattr(eval_batches, 'skipped', 0)},
+      f'RS-{net.arch} on {config.dataset}, added {added_list}')
+  log.info('evaluation:\n%s', evaluate.markdown(table))
+  return table
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    config = FLAGS.config
+    config.mode  # config_flags defers a failed load of the file until the first access
+  except OSError as e:
+    message = str(e).strip().splitlines()[-1].strip()
+    print(f'error: cannot load --config: {message}', file=sys.stderr)
+    sys.exit(2)
+  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
+                      force=True)
+  log.setLevel(logging.INFO)
+  try:
+    if config.distributed:
+      raise ValueError('adding resolutions runs in one process; drop --config.distributed')
+    add_resolutions(config, FLAGS.workdir, [int(r) for r in FLAGS.resolutions], FLAGS.num_images,
+                    FLAGS.dst)
+  except (data.DataError, checkpoint.CheckpointError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,409 @@
+"""Input pipeline: records from a data source, decoded and cropped on the host with Grain.
+
+Training yields {'image': uint8 (B, R, R, 3), 'label': int32 (B,)}: one RandomResizedCrop per
+image at the largest resolution R; the step makes every resolution's view and the flips on device.
+Evaluation yields {'images': {res: uint8 (B, res, res, 3)}, 'label', 'mask'}: the reference's
+resize-and-centre-crop view at each resolution, from the original image. B is the process's share
+of the global batch; every process reads only its own part of the data.
+
+Sources (registry `SOURCES`, chosen by `config.dataset`) are random-access sequences of records
+{'image': encoded bytes | file path | uint8 array, 'label': int, 'name': str}.
+"""
+import functools
+import io
+import logging
+import math
+import os
+import struct
+import zlib
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from rsnets_jax import synthetic
+
+CROP_FRACTION = 0.875  # eval: shorter side to int(res / 0.875), then the centre res x res
+CROP_RATIO = (3 / 4, 4 / 3)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
+SYNTHETIC_SEED = 0  # the generated set stays the same whatever the training seed
+
+# What PIL raises on a truncated or corrupt file varies with the format and where it breaks.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+                 Image.DecompressionBombError)
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+  """A data set that is missing or not prepared; the one-line message says what to run."""
+
+
+# -- pure image helpers ---------------------------------------------------------------------------
+
+def crop_params(rng: np.random.Generator, height: int, width: int,
+                scale: Tuple[float, float] = (0.08, 1.0),
+                ratio: Tuple[float, float] = CROP_RATIO) -> Tuple[int, int, int, int]:
+  """(top, left, h, w) of a random crop, drawn as torchvision's RandomResizedCrop.get_params."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  # Fallback: the largest centred crop whose aspect ratio is inside the range.
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def open_image(data) -> Image.Image:
+  """A PIL image from encoded bytes, a path or a uint8 array; files are opened lazily (header only)."""
+  if isinstance(data, np.ndarray):
+    return Image.fromarray(data)
+  if isinstance(data, (bytes, bytearray, memoryview)):
+    return Image.open(io.BytesIO(data))
+  return Image.open(data)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def decode_crop(image: Image.Image, box: Tuple[int, int, int, int], size: int):
+  """Decodes `image` for the crop `box` = (left, top, right, bottom) that will be resized to
+  size x size: a JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT scaling, far cheaper) when the crop
+  stays at least `size` pixels on each side. Returns the RGB image and the box in its pixels."""
+  width, height = image.size
+  cw, ch = box[2] - box[0], box[3] - box[1]
+  image.draft('RGB', (math.ceil(width * size / cw), math.ceil(height * size / ch)))
+  image = _to_rgb(image)  # loads the pixels: this is where a corrupt file fails
+  if image.size == (width, height):
+    return image, box
+  sx, sy = image.size[0] / width, image.size[1] / height
+  return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def resize_crop(image: Image.Image, box, size: int) -> np.ndarray:
+  if all(float(b).is_integer() for b in box):
+    # Crop first: resize(box=...) would blend in pixels from outside the box, torchvision does not.
+    image = image.crop(tuple(int(b) for b in box))
+    box = None
+  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
+                        scale: Tuple[float, float] = (0.08, 1.0),
+                        ratio: Tuple[float, float] = CROP_RATIO) -> np.ndarray:
+  """torchvision's RandomResizedCrop: uint8 (size, size, 3), bilinear with antialiasing (PIL)."""
+  top, left, h, w = crop_params(rng, image.size[1], image.size[0], scale, ratio)
+  image, box = decode_crop(image, (left, top, left + w, top + h), size)
+  return resize_crop(image, box, size)
+
+
+def eval_resize_size(res: int) -> int:
+  return int(res / CROP_FRACTION)
+
+
+def eval_view(image: Image.Image, res: int) -> np.ndarray:
+  """The reference's evaluation input: shorter side resized to int(res / 0.875) (bilinear,
+  antialiased), then the centre res x res with torchvision's CenterCrop rounding; uint8."""
+  image = _to_rgb(image)
+  width, height = image.size
+  short = eval_resize_size(res)
+  # torchvision Resize(int): the longer side is int(short * long / short_side), truncated.
+  if width <= height:
+    new_w, new_h = short, int(short * height / width)
+  else:
+    new_w, new_h = int(short * width / height), short
+  image = image.resize((new_w, new_h), Image.BILINEAR)
+  top, left = int(round((new_h - res) / 2.0)), int(round((new_w - res) / 2.0))
+  return np.asarray(image.crop((left, top, left + res, top + res)), np.uint8)
+
+
+# -- sources --------------------------------------------------------------------------------------
+
+def _require_data_dir(config) -> str:
+  if not config.data_dir:
+    raise DataError(f'config.data_dir is not set for dataset {config.dataset!r}: '
+                    f'pass --config.data_dir=DIR (or use --config.dataset=synthetic)')
+  return str(config.data_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _list_class_folders(root: str) -> Tuple[str, ...]:
+  if not os.path.isdir(root):
+    return ()
+  return tuple(sorted(e.name for e in os.scandir(root) if e.is_dir()))
+
+
+@functools.lru_cache(maxsize=8)
+def _list_images(folder: str) -> Tuple[str, ...]:
+  return tuple(sorted(e.name for e in os.scandir(folder)
+                      if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)))
+
+
+class FolderSource:
+  """Images in `<root>/<split>/<class>/<file>`; classes are the sorted class folders of `train`."""
+
+  def __init__(self, root: str, split: str, train_split: str = 'train'):
+    classes = _list_class_folders(os.path.join(root, train_split))
+    folder = os.path.join(root, split)
+    hint = (f'expected <data_dir>/{split}/<class>/<image>; '
+            f'set --config.data_dir or use --config.dataset=synthetic')
+    if not classes:
+      raise DataError(f'no class folders in {os.path.join(root, train_split)}: {hint}')
+    unknown = sorted(set(_list_class_folders(folder)) - set(classes))
+    if unknown:
+      raise DataError(f'{folder} has class folders that {train_split} lacks: {unknown[:5]}')
+    self.classes = classes
+    self.files, self.labels = [], []
+    for label, name in enumerate(classes):
+      class_dir = os.path.join(folder, name)
+      names = _list_images(class_dir) if os.path.isdir(class_dir) else ()
+      self.files.extend(os.path.join(class_dir, f) for f in names)
+      self.labels.extend([label] * len(names))
+    if not self.files:
+      raise DataError(f'no images in {folder}: {hint}')
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int):
+    return {'image': self.files[index], 'label': self.labels[index], 'name': self.files[index]}
+
+
+TFDS_PREPARE = ('pip install .[prepare] then tfds build {name} --data_dir={data_dir} '
+                '--manual_dir=DIR_WITH_TARS --file_format=array_record')
+
+
+class TfdsSource:
+  """A TFDS data set in array_record format, read without TensorFlow. Images stay encoded
+  (SkipDecoding) so that the crop can decode a JPEG at reduced scale."""
+
+  def __init__(self, name: str, data_dir: str, split: str):
+    import tensorflow_datasets as tfds  # slow to import; only this source needs it
+    prepare = TFDS_PREPARE.format(name=name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+      raise DataError(f'{name} is not prepared in {data_dir}: run {prepare}')
+    try:
+      self.source = builder.as_data_source(split=split,
+                                           decoders={'image': tfds.decode.SkipDecoding()})
+    except NotImplementedError:  # prepared, but only in a format without random access
+      raise DataError(f'{name} in {data_dir} is not in array_record format: rebuild it with '
+                      f'{prepare}') from None
+    self.num_classes = builder.info.features['label'].num_classes
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int):
+    example = self.source[index]
+    name = example.get('file_name', index)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return {'image': example['image'], 'label': int(example['label']), 'name': name}
+
+
+def _synthetic_source(config, split: str):
+  length = config.synthetic_train_size if split == 'train' else config.synthetic_val_size
+  return synthetic.SyntheticSource(SYNTHETIC_SEED, split, length, config.synthetic_image_size)
+
+
+def _folder_source(config, split: str):
+  return FolderSource(_require_data_dir(config), split)
+
+
+def _tfds_source(config, split: str):
+  return TfdsSource(config.tfds_name, _require_data_dir(config), split)
+
+
+# name -> (make source from (config, split), default train split, default val split)
+SOURCES: Dict[str, Tuple[Callable[[Any, str], Sequence], str, str]] = {
+    'synthetic': (_synthetic_source, 'train', 'val'),
+    'folder': (_folder_source, 'train', 'val'),
+    'tfds': (_tfds_source, 'train', 'validation'),
+}
+
+
+def make_source(config, train: bool):
+  """The training or validation source of `config.dataset`, at config.train_split/val_split when
+  set, else at the source's usual split names."""
+  if config.dataset not in SOURCES:
+    raise DataError(f'unknown dataset {config.dataset!r}; choose one of {sorted(SOURCES)}')
+  make, train_split, val_split = SOURCES[config.dataset]
+  split = (config.train_split or train_split) if train else (config.val_split or val_split)
+  return make(config, split)
+
+
+def num_train_examples(config) -> int:
+  return len(make_source(config, train=True))
+
+
+def num_eval_examples(config) -> int:
+  return len(make_source(config, train=False))
+
+
+def num_classes(config) -> int:
+  """The number of classes the data set has (config.num_classes must match it)."""
+  if config.dataset == 'synthetic':
+    return synthetic.NUM_CLASSES
+  source = make_source(config, train=True)
+  return len(source.classes) if isinstance(source, FolderSource) else source.num_classes
+
+
+# -- per-example transforms (run in Grain's threads and worker processes) -------------------------
+
+_skipped_names = set()
+
+
+def _skip(record, error) -> None:
+  # Once per file and process: in training a bad file comes back every epoch.
+  if record['name'] not in _skipped_names:
+    _skipped_names.add(record['name'])
+    log.warning('skipping unreadable image %s (%s: %s); %d skipped so far in this process',
+                record['name'], type(error).__name__, error, len(_skipped_names))
+
+
+def train_example(record, rng: np.random.Generator, size: int, scale: Tuple[float, float]):
+  """{'image': uint8 (size, size, 3), 'label': int32}, or None for a corrupt image."""
+  try:
+    image = open_image(record['image'])
+    top, left, h, w = crop_params(rng, image.size[1], image.size[0], scale)
+    image, box = decode_crop(image, (left, top, left + w, top + h), size)
+  except DECODE_ERRORS as error:
+    _skip(record, error)
+    return None
+  return {'image': resize_crop(image, box, size), 'label': np.int32(record['label'])}
+
+
+def _padding_example(resolutions):
+  return {'images': {res: np.zeros((res, res, 3), np.uint8) for res in resolutions},
+          'label': np.int32(0), 'mask': False, 'skipped': False}
+
+
+def eval_example(index: int, source, resolutions: Tuple[int, ...]):
+  """Every resolution's eval view of record `index`; index -1 (padding) or a corrupt image gives
+  zeros with mask False, so that every process keeps the same batch shapes."""
+  if index < 0:
+    return _padding_example(resolutions)
+  record = source[index]
+  try:
+    image = _to_rgb(open_image(record['image']))
+  except DECODE_ERRORS as error:
+    _skip(record, error)
+    return {**_padding_example(resolutions), 'skipped': True}
+  return {'images': {res: eval_view(image, res) for res in resolutions},
+          'label': np.int32(record['label']), 'mask': True, 'skipped': False}
+
+
+# -- pipelines ------------------------------------------------------------------------------------
+
+def _process(process_index, process_count) -> Tuple[int, int]:
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  return index, count
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f'batch size {global_batch} is not divisible by {process_count} processes')
+  return global_batch // process_count
+
+
+def _loader(ds: grain.MapDataset, config, batch: int, drop_remainder: bool) -> grain.IterDataset:
+  """Threads decode in each process; `config.num_workers` > 0 adds worker processes."""
+  read = grain.ReadOptions(num_threads=config.read_threads,
+                           prefetch_buffer_size=max(config.prefetch * batch, config.read_threads))
+  it = ds.to_iter_dataset(read).batch(batch, drop_remainder=drop_remainder)
+  if config.num_workers > 0:
+    # Grain's workers read absl flags, which are unparsed outside an absl app (tests, notebooks).
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                                     per_worker_buffer_size=config.prefetch))
+  return it
+
+
+def train_dataset(config, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> grain.IterDataset:
+  """The endless training stream of this process. Every epoch is a new global shuffle of the whole
+  set, dealt out to the processes in turn, so no image repeats within an epoch; crops are drawn
+  from (config.seed, position in the stream), so a run replays the same data."""
+  index, count = _process(process_index, process_count)
+  batch = local_batch_size(config.batch_size, count)
+  size = max(config.resolutions)
+  source = make_source(config, train=True)
+  ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()[index::count]
+  transform = functools.partial(train_example, size=size, scale=(config.crop_min_area, 1.0))
+  return _loader(ds.random_map(transform), config, batch, True)
+
+
+def train_iterator(config, process_index: Optional[int] = None,
+                   process_count: Optional[int] = None) -> grain.DatasetIterator:
+  """Training batches; `get_state()` / `set_state()` save and restore its position."""
+  return iter(train_dataset(config, process_index, process_count))
+
+
+def eval_indices(num_examples: int, batch: int, process_index: int, process_count: int) -> np.ndarray:
+  """The example indices of one process's eval batches, -1 for padding. Global batch b holds
+  examples [b * batch * count, (b + 1) * batch * count), process p the p-th block of `batch`."""
+  per_step = batch * process_count
+  num_batches = -(-num_examples // per_step)
+  rows = np.arange(num_batches * per_step).reshape(num_batches, process_count, batch)[:, process_index]
+  return np.where(rows < num_examples, rows, -1).reshape(-1)
+
+
+class EvalBatches:
+  """One pass over the validation set, as batches of the same shape in every process; iterable
+  again for each evaluation. `skipped` counts the corrupt images of the last pass."""
+
+  def __init__(self, config, resolutions: Sequence[int], process_index: Optional[int] = None,
+               process_count: Optional[int] = None):
+    index, count = _process(process_index, process_count)
+    self.batch_size = local_batch_size(config.eval_batch_size, count)
+    source = make_source(config, train=False)
+    self.num_examples = len(source)
+    indices = eval_indices(self.num_examples, self.batch_size, index, count)
+    self.num_batches = len(indices) // self.batch_size
+    transform = functools.partial(eval_example, source=source,
+                                  resolutions=tuple(sorted(set(resolutions), reverse=True)))
+    ds = grain.MapDataset.source(indices.tolist()).map(transform)
+    self._dataset = _loader(ds, config, self.batch_size, False)
+    self.skipped = 0
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[Dict[str, Any]]:
+    self.skipped = 0
+    it = iter(self._dataset)
+    try:
+      for batch in it:
+        self.skipped += int(np.sum(batch.pop('skipped')))
+        yield batch
+    finally:
+      it.close()
+    if self.skipped:
+      log.warning('evaluation skipped %d unreadable images', self.skipped)
+
+
+def eval_batches(config, resolutions: Optional[Sequence[int]] = None,
+                 process_index: Optional[int] = None,
+                 process_count: Optional[int] = None) -> EvalBatches:
+  """Evaluation batches at `resolutions` (default: config.resolutions)."""
+  resolutions = config.resolutions if resolutions is None else resolutions
+  return EvalBatches(config, resolutions, process_index, process_count)
