@@ -71,7 +71,7 @@ def crop_params(rng: np.random.Generator, height: int, width: int,
 
 
 def open_image(data) -> Image.Image:
-  """A PIL image from encoded bytes, a path or a uint8 array; files are opened lazily (header only)."""
+  """A PIL image from encoded bytes, a path or a uint8 array; files open lazily (header only)."""
   if isinstance(data, np.ndarray):
     return Image.fromarray(data)
   if isinstance(data, (bytes, bytearray, memoryview)):
@@ -224,7 +224,7 @@ def _synthetic_source(config, split: str):
 
 
 def _folder_source(config, split: str):
-  return FolderSource(_require_data_dir(config), split)
+  return FolderSource(_require_data_dir(config), split, config.train_split or 'train')
 
 
 def _tfds_source(config, split: str):
@@ -324,18 +324,23 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
-def _loader(ds: grain.MapDataset, config, batch: int, drop_remainder: bool) -> grain.IterDataset:
-  """Threads decode in each process; `config.num_workers` > 0 adds worker processes."""
-  read = grain.ReadOptions(num_threads=config.read_threads,
-                           prefetch_buffer_size=max(config.prefetch * batch, config.read_threads))
-  it = ds.to_iter_dataset(read).batch(batch, drop_remainder=drop_remainder)
-  if config.num_workers > 0:
-    # Grain's workers read absl flags, which are unparsed outside an absl app (tests, notebooks).
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
-                                                     per_worker_buffer_size=config.prefetch))
-  return it
+def _read_options(config, batch: int) -> grain.ReadOptions:
+  # About `prefetch` batches read ahead per process, shared by its workers.
+  ahead = config.prefetch * batch // max(config.num_workers, 1)
+  return grain.ReadOptions(num_threads=config.read_threads,
+                           prefetch_buffer_size=max(ahead, config.read_threads))
+
+
+def _with_workers(ds: grain.IterDataset, config, buffer: int) -> grain.IterDataset:
+  """`config.num_workers` > 0: worker processes, each running the pipeline on every n-th element
+  and keeping up to `buffer` outputs ready."""
+  if config.num_workers <= 0:
+    return ds
+  # Grain's workers read absl flags, which are unparsed outside an absl app (tests, notebooks).
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                                     per_worker_buffer_size=max(buffer, 1)))
 
 
 def train_dataset(config, process_index: Optional[int] = None,
@@ -349,21 +354,27 @@ def train_dataset(config, process_index: Optional[int] = None,
   source = make_source(config, train=True)
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()[index::count]
   transform = functools.partial(train_example, size=size, scale=(config.crop_min_area, 1.0))
-  return _loader(ds.random_map(transform), config, batch, True)
+  # Batched after the corrupt images (None) are dropped, so every batch is full; in the workers,
+  # so that whole batches cross between processes.
+  ds = ds.random_map(transform).to_iter_dataset(_read_options(config, batch))
+  return _with_workers(ds.batch(batch, drop_remainder=True), config, config.prefetch)
 
 
 def train_iterator(config, process_index: Optional[int] = None,
                    process_count: Optional[int] = None) -> grain.DatasetIterator:
-  """Training batches; `get_state()` / `set_state()` save and restore its position."""
+  """Training batches. `get_state()` / `set_state()` save and restore its position; a state is
+  valid for the same data set, seed, batch size, process count and num_workers."""
   return iter(train_dataset(config, process_index, process_count))
 
 
-def eval_indices(num_examples: int, batch: int, process_index: int, process_count: int) -> np.ndarray:
+def eval_indices(num_examples: int, batch: int, process_index: int,
+                 process_count: int) -> np.ndarray:
   """The example indices of one process's eval batches, -1 for padding. Global batch b holds
   examples [b * batch * count, (b + 1) * batch * count), process p the p-th block of `batch`."""
   per_step = batch * process_count
   num_batches = -(-num_examples // per_step)
-  rows = np.arange(num_batches * per_step).reshape(num_batches, process_count, batch)[:, process_index]
+  rows = np.arange(num_batches * per_step).reshape(num_batches, process_count, batch)
+  rows = rows[:, process_index]
   return np.where(rows < num_examples, rows, -1).reshape(-1)
 
 
@@ -382,7 +393,11 @@ class EvalBatches:
     transform = functools.partial(eval_example, source=source,
                                   resolutions=tuple(sorted(set(resolutions), reverse=True)))
     ds = grain.MapDataset.source(indices.tolist()).map(transform)
-    self._dataset = _loader(ds, config, self.batch_size, False)
+    ds = ds.to_iter_dataset(_read_options(config, self.batch_size))
+    ds = _with_workers(ds, config, config.prefetch * self.batch_size // max(config.num_workers, 1))
+    # Batched after the workers, which each take every n-th image: every process then yields the
+    # same number of full batches whatever the number of workers.
+    self._dataset = ds.batch(self.batch_size)
     self.skipped = 0
 
   def __len__(self) -> int:

@@ -35,15 +35,15 @@ def test_default_command_end_to_end(tmp_path):
   assert code == 0, out[-3000:]
   assert 'step 8/8' in out and 'img/s' in out and 'ETA' in out
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert [r['resolution'] for r in results['rows']] == [48, 40, 32, 24, 16]
+  assert [r['resolution'] for r in results['rows']] == [32, 28, 24, 20, 16]
   assert results['count'] == 96 and 'ensemble' in results
   assert all(0 <= r['top1'] <= 100 and r['macs'] > 0 for r in results['rows'])
   table = (tmp_path / 'results.md').read_text()
-  assert '| 48 |' in table and 'ensemble' in table
+  assert '| 32 |' in table and 'ensemble' in table
   assert (tmp_path / 'accuracy_vs_macs.png').stat().st_size > 10_000
   assert any((tmp_path / 'tensorboard').iterdir())
   net, params, stats = rsnets_jax.load(tmp_path)
-  assert net.resolutions == (48, 40, 32, 24, 16) and sorted(stats) == [16, 24, 32, 40, 48]
+  assert net.resolutions == (32, 28, 24, 20, 16) and sorted(stats) == [16, 20, 24, 28, 32]
   # The evaluation command reads the same checkpoint and reproduces the table.
   code, out = main(tmp_path, *SMALL, '--config.mode=eval')
   assert code == 0, out[-3000:]
