@@ -23,7 +23,7 @@ from absl import app, flags
 from etils import epath
 
 from rsnets_jax import checkpoint, data, evaluate, recalibrate, train
-from rsnets_jax.main import FLAGS, parse_flags  # --config and --workdir, as the training command
+from rsnets_jax.main import FLAGS, config_from_flags, parse_flags  # --config and --workdir, as the training command
 
 DEFAULT_SUBDIR = 'with_resolutions'
 
@@ -132,13 +132,7 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    config = FLAGS.config
-    config.mode  # config_flags defers a failed load of the file until the first access
-  except OSError as e:
-    message = str(e).strip().splitlines()[-1].strip()
-    print(f'error: cannot load --config: {message}', file=sys.stderr)
-    sys.exit(2)
+  config = config_from_flags()
   logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
                       force=True)
   log.setLevel(logging.INFO)

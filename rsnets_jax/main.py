@@ -26,15 +26,21 @@ def parse_flags(argv):
     sys.exit(2)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def config_from_flags():
+  """FLAGS.config, or a one-line error and exit status 2 when the file cannot be loaded."""
   try:
     config = FLAGS.config
     config.mode  # config_flags defers a failed load of the file until the first access
   except OSError as e:
     print(f'error: cannot load --config: {str(e).strip().splitlines()[-1].strip()}', file=sys.stderr)
     sys.exit(2)
+  return config
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = config_from_flags()
   import jax
   if config.distributed:
     # On Cloud TPU and SLURM every argument is discovered; elsewhere the config gives them.

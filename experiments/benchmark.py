@@ -1,0 +1,134 @@
+"""Speed of the RS-Net training step and of evaluation, as one JSON line shaped like the PyTorch
+anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on the same machine.
+
+    PYTHONPATH=. python experiments/benchmark.py --arch resnet18 --batch 256 --dtype bfloat16
+
+The step is the engine's own (`train.make_train_step`: on-device views of every resolution, forward
+and backward through the shared weights, RS-Nets loss, SGD), fed the same uint8 batch at every step.
+Fields: `warmup_s` runs from the start of model creation to the end of the first step (state,
+compile, first step); `warmup3_s` to the end of the third warm-up step, the anchor's `warmup_s`
+window (3 steps) plus model creation; `compile_s` traces and compiles the step; `train_img_s` counts
+each image once, all resolutions included; `eval_img_s_per_res` is one resolution's forward with its
+own BatchNorm, on float inputs on device.
+"""
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from rsnets_jax import defaults, preprocess, train
+
+WARMUP_STEPS = 3  # as the anchor
+
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  ap.add_argument('--arch', default='resnet18')
+  ap.add_argument('--res', type=int, nargs='+', default=[224, 192, 160, 128, 96])
+  ap.add_argument('--batch', type=int, default=256, help='global batch, split over the devices')
+  ap.add_argument('--iters', type=int, default=20, help='timed steps (and timed eval calls)')
+  ap.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  ap.add_argument('--classes', type=int, default=1000)
+  ap.add_argument('--width', type=float, default=1.0)
+  ap.add_argument('--devices', type=int, default=None, help='use the first N devices (default all)')
+  return ap.parse_args(argv)
+
+
+def make_config(args):
+  config = defaults.get_config()
+  config.arch = args.arch
+  config.resolutions = tuple(sorted(args.res, reverse=True))
+  config.batch_size = args.batch
+  config.dtype = args.dtype
+  config.num_classes = args.classes
+  config.width = args.width
+  return config
+
+
+def peak_memory_gib(devices) -> float:
+  """Peak bytes in use on the busiest device since the process started (compilation and warm-up
+  included: JAX cannot reset the counter, unlike torch.cuda.reset_peak_memory_stats)."""
+  if devices[0].platform != 'gpu':
+    return 0.0
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use', 0) for d in devices]
+  return max(peaks) / 2**30
+
+
+def time_calls(fn, iters: int) -> float:
+  """Seconds per call, after the anchor's warm-up; dispatch is asynchronous, so only the last
+  result is waited for."""
+  for _ in range(WARMUP_STEPS):
+    out = fn()
+  jax.block_until_ready(out)
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / iters
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+  if args.batch % len(devices):
+    raise SystemExit(f'--batch {args.batch} must be a multiple of the {len(devices)} devices')
+  config = make_config(args)
+  rng = np.random.default_rng(0)
+  res_max = max(config.resolutions)
+  host_batch = {'image': rng.integers(0, 256, (args.batch, res_max, res_max, 3), dtype=np.uint8),
+                'label': rng.integers(0, args.classes, (args.batch,), dtype=np.int32)}
+
+  # -- time to the first step: model, state, compile, one step ---------------------------------
+  t_start = time.perf_counter()
+  net = train.create_network(config)
+  tx, schedule = train.create_optimizer(config, steps_per_epoch=1000)
+  mesh = train.make_mesh(devices)
+  state = train.replicate(train.create_train_state(net, tx, jax.random.key(config.seed)), mesh)
+  batch = train.shard_batch(host_batch, mesh)
+  step = train.make_train_step(net, tx, schedule, config, mesh)
+  jax.block_until_ready((state, batch))
+  t_compile = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t_compile
+  state, metrics = compiled(state, batch)  # the state is donated: always carry the returned one
+  jax.block_until_ready(metrics)
+  warmup_s = time.perf_counter() - t_start
+  for _ in range(WARMUP_STEPS - 1):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  warmup3_s = time.perf_counter() - t_start
+
+  # -- training steps ---------------------------------------------------------------------------
+  t0 = time.perf_counter()
+  for _ in range(args.iters):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - t0) / args.iters
+  peak = peak_memory_gib(devices)
+  loss = float(metrics['loss'])
+
+  # -- evaluation: one resolution at a time, its own BatchNorm ---------------------------------
+  forward = jax.jit(net.apply)
+  images = jax.device_put(host_batch['image'], train.batch_sharded(mesh))
+  eval_img_s = {}
+  for res in config.resolutions:
+    resize = jax.jit(lambda x, res=res: preprocess.resize(preprocess.to_float(x), res))
+    x = jax.block_until_ready(resize(images))
+    stats = state.stats[res]
+    dt = time_calls(lambda: forward(state.params, stats, x), args.iters)
+    eval_img_s[res] = round(args.batch / dt, 1)
+
+  print(json.dumps({
+      'framework': 'jax ' + jax.__version__, 'variant': args.dtype,
+      'device': devices[0].device_kind, 'devices': len(devices), 'arch': args.arch,
+      'batch': args.batch, 'res': list(config.resolutions),
+      'warmup_s': round(warmup_s, 1), 'warmup3_s': round(warmup3_s, 1),
+      'compile_s': round(compile_s, 1), 'step_ms': round(step_s * 1e3, 2),
+      'train_img_s': round(args.batch / step_s, 1), 'peak_mem_gib': round(peak, 2), 'loss': loss,
+      'eval_img_s_per_res': eval_img_s}))
+
+
+if __name__ == '__main__':
+  main()
