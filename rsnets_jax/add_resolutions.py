@@ -81,8 +81,7 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   dst = dst or os.path.join(os.fspath(workdir), DEFAULT_SUBDIR)
   check_destination(dst, workdir)
   given_config = config.to_dict()
-  mean = tuple(config.input_mean) if config.input_mean is not None else None
-  std = tuple(config.input_std) if config.input_std is not None else None
+  mean, std = train.input_normalisation(config)
 
   # -- recalibration images: training crops, made at the largest resolution in play --
   # A resolution above the trained ones then gets crops at its own size, not upsampled ones.

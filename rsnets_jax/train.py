@@ -117,6 +117,12 @@ def compute_train_loss(params, stats, views, labels, net: RSNet, distillation: s
   return loss, (new_stats, parts, logits)
 
 
+def input_normalisation(config):
+  """`(mean, std)` of the config, or `(None, None)` for the reference's plain [0, 1] input."""
+  as_tuple = lambda v: tuple(v) if v is not None else None
+  return as_tuple(config.input_mean), as_tuple(config.input_std)
+
+
 def top_k_correct(logits, labels, k: int):
   topk = jax.lax.top_k(logits, k)[1]
   return jnp.any(topk == labels[:, None], axis=-1)
@@ -127,8 +133,7 @@ def make_train_step(net: RSNet, tx: optax.GradientTransformation, schedule: opta
   """The jitted `(state, batch) -> (state, metrics)`; `batch` = {'image': uint8 (N, R, R, 3) at the
   largest resolution R, 'label': int32 (N,)}, split over the mesh's data axis."""
   base_key = jax.random.key(config.seed)
-  mean = tuple(config.input_mean) if config.input_mean is not None else None
-  std = tuple(config.input_std) if config.input_std is not None else None
+  mean, std = input_normalisation(config)
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(base_key, state.step)
@@ -161,8 +166,7 @@ def make_eval_step(net: RSNet, config, mesh: Mesh):
   Returns the number of correct top-1 and top-5 predictions per resolution and, when every training
   resolution is present, for the alpha-weighted ensemble of their logits; and the number of images.
   """
-  mean = tuple(config.input_mean) if config.input_mean is not None else None
-  std = tuple(config.input_std) if config.input_std is not None else None
+  mean, std = input_normalisation(config)
   k = min(5, net.num_classes)
 
   def eval_step(params, stats, batch):

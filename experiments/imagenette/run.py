@@ -192,8 +192,7 @@ def make_fixed_bn_eval_step(net, config, mesh):
   module is called with its own resolution as the BatchNorm selector and an input of another size;
   `stats` is the untagged tree."""
   bn_res = net.resolutions[0]
-  mean = tuple(config.input_mean) if config.input_mean is not None else None
-  std = tuple(config.input_std) if config.input_std is not None else None
+  mean, std = train.input_normalisation(config)
   k = min(5, net.num_classes)
 
   def eval_step(params, stats, batch):
