@@ -7,6 +7,9 @@
 # copy it first into the checkout's git-ignored folder .device/ (.gitignore ignores /.device/),
 # and have the device run carry that folder:
 #     mkdir -p .device && cp /work/shared/bench/torch_rs_resnet18.py .device/
+#     pip install --target .device/pylib --no-deps ml-collections==1.1.0
+# The device image has jax, flax, optax, orbax and torch but may lack ml-collections (pure Python),
+# which the benchmark imports; .device/pylib carries it as plain files (nothing is installed there).
 #     run(command="bash experiments/gpu_benchmark.sh", carry=[".device"], timeout_s=600)
 # Environment: OUT (default runs/gpu_benchmark), PYTHON (default python3), ITERS (default 20),
 # LIMIT_S (seconds allowed to one run, default 240), TOTAL_S (seconds for all five, default 540,
@@ -72,9 +75,9 @@ bench() {
 
 # Cheapest first, so that a run cut short still brings back the others.
 bench torch_fp32 "$PYTHON" "$ANCHOR" --variant fp32 --batch 256 --iters "$ITERS"
-bench jax_float32 env PYTHONPATH=. "$PYTHON" experiments/benchmark.py --dtype float32 --batch 256 --iters "$ITERS"
+bench jax_float32 env PYTHONPATH=.:.device/pylib "$PYTHON" experiments/benchmark.py --dtype float32 --batch 256 --iters "$ITERS"
 bench torch_bf16cl "$PYTHON" "$ANCHOR" --variant bf16cl --batch 256 --iters "$ITERS"
-bench jax_bfloat16 env PYTHONPATH=. "$PYTHON" experiments/benchmark.py --dtype bfloat16 --batch 256 --iters "$ITERS"
+bench jax_bfloat16 env PYTHONPATH=.:.device/pylib "$PYTHON" experiments/benchmark.py --dtype bfloat16 --batch 256 --iters "$ITERS"
 bench torch_bf16cl_compile "$PYTHON" "$ANCHOR" --variant bf16cl_compile --batch 256 --iters "$ITERS"
 
 ratios "$RESULTS"
