@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 from absl import app, flags
 from etils import epath
 
-from rsnets_jax import checkpoint, data, evaluate, recalibrate, train
+from rsnets_jax import checkpoint, data, evaluate, recalibrate, train, trainer
 from rsnets_jax.main import FLAGS, config_from_flags, parse_flags  # --config and --workdir, as the training command
 
 DEFAULT_SUBDIR = 'with_resolutions'
@@ -114,15 +114,13 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   mesh = train.make_mesh()
   eval_step = train.make_eval_step(net, config, mesh)
   params, stats = train.replicate((params, stats), mesh)
-  eval_batches = data.eval_batches(config, net.all_resolutions)
-  accuracies = evaluate.evaluate(eval_step, params, stats, eval_batches,
-                                 lambda b: train.shard_batch(b, mesh))
+  accuracies = trainer.run_eval(config, net, params, stats, eval_step, mesh)
 
   # -- reports --
   table = evaluate.results_table(net, accuracies, net.all_resolutions)  # trained: net.resolutions
   added_list = ', '.join(map(str, resolutions))
   evaluate.write_reports(
-      dst, table, {**provenance, 'skipped_images': getattr(eval_batches, 'skipped', 0)},
+      dst, table, {**provenance, 'skipped_images': accuracies['skipped']},
       f'RS-{net.arch} on {config.dataset}, added {added_list}')
   log.info('evaluation:\n%s', evaluate.markdown(table))
   return table

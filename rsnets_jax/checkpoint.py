@@ -41,8 +41,10 @@ def _path(path) -> epath.Path:
   return epath.Path(path if '://' in path else os.path.abspath(path))
 
 
-def _abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def _abstract(tree, sharding=None):
+  """Shapes and dtypes of `tree`, placed by `sharding` (default: where each leaf already is)."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree)
 
 
 def network_from_meta(meta: Dict[str, Any]) -> RSNet:
@@ -167,8 +169,8 @@ class TrainCheckpoints:
     model_template = {'params': state_template.params, 'stats': _stats_to_disk(state_template.stats)}
     train_template = {'opt_state': state_template.opt_state, 'step': state_template.step}
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_abstract_like(model_template)),
-        train=ocp.args.StandardRestore(_abstract_like(train_template)),
+        model=ocp.args.StandardRestore(_abstract(model_template)),
+        train=ocp.args.StandardRestore(_abstract(train_template)),
         data=ocp.args.JsonRestore()))
     model, train = restored['model'], restored['train']
     state = state_template.replace(params=model['params'], stats=_stats_from_disk(model['stats']),
@@ -182,6 +184,3 @@ class TrainCheckpoints:
     self.manager.wait_until_finished()
     self.manager.close()
 
-
-def _abstract_like(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -88,9 +88,10 @@ class Preemption:
 
 # -- the job ---------------------------------------------------------------------------------------
 
-def run_eval(config, net, state, eval_step, mesh, resolutions=None) -> Dict[str, float]:
-  batches = data.eval_batches(config, resolutions or net.all_resolutions)
-  accuracies = evaluate.evaluate(eval_step, state.params, state.stats, batches,
+def run_eval(config, net, params, stats, eval_step, mesh) -> Dict[str, float]:
+  """Accuracies at every resolution of `net`, trained and added; `skipped`: unreadable images."""
+  batches = data.eval_batches(config, net.all_resolutions)
+  accuracies = evaluate.evaluate(eval_step, params, stats, batches,
                                  lambda b: train.shard_batch(b, mesh))
   accuracies['skipped'] = getattr(batches, 'skipped', 0)
   return accuracies
@@ -183,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         summaries.scalars(step, {f'train/{k}': v for k, v in scalars.items()})
 
       if (eval_every and step % eval_every == 0) or step == total_steps:
-        accuracies = run_eval(config, net, state, eval_step, mesh)
+        accuracies = run_eval(config, net, state.params, state.stats, eval_step, mesh)
         summaries.scalars(step, {f'eval/{k}': v for k, v in accuracies.items()})
         epoch = step / steps_per_epoch
         report(workdir, config, net, accuracies, f'step {step} (epoch {epoch:.1f})',
@@ -211,8 +212,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict
   mesh = train.make_mesh()
   net, params, stats = checkpoint.load(workdir, which=config.eval_checkpoint)
   eval_step = train.make_eval_step(net, config, mesh)
-  state = train.replicate(train.TrainState(step=0, params=params, stats=stats, opt_state=None), mesh)
-  accuracies = run_eval(config, net, state, eval_step, mesh)
+  params, stats = train.replicate((params, stats), mesh)
+  accuracies = run_eval(config, net, params, stats, eval_step, mesh)
   report(workdir, config, net, accuracies, f'{config.eval_checkpoint} checkpoint',
          {'checkpoint': config.eval_checkpoint})
   return accuracies
