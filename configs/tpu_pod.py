@@ -4,7 +4,7 @@ Run the same command on every host of the slice (e.g. `gcloud compute tpus tpu-v
 --worker=all --command=...`):
 
     python -m rsnets_jax.main --config=configs/tpu_pod.py --workdir=gs://BUCKET/runs/rs_resnet50 \
-        --config.data_dir=gs://BUCKET/tensorflow_datasets
+        --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
 jax.distributed discovers the slice; every host reads its own part of the data; BatchNorm
 statistics are over the global batch; bfloat16 compute with float32 parameters. The learning rate
@@ -16,13 +16,13 @@ from rsnets_jax import defaults
 
 def get_config():
   c = defaults.get_config()
-  c.arch = 'resnet50'
+  c.model.arch = 'resnet50'
+  c.model.dtype = 'bfloat16'
+  c.data.batch_size = 2048
+  c.data.eval_batch_size = 2048
+  c.data.num_workers = 16
+  c.optim.learning_rate = 0.1 * c.data.batch_size / 256
+  c.optim.warmup_epochs = 5.0
   c.distributed = True
-  c.dtype = 'bfloat16'
-  c.batch_size = 2048
-  c.eval_batch_size = 2048
-  c.learning_rate = 0.1 * c.batch_size / 256
-  c.warmup_epochs = 5.0
-  c.num_workers = 16
   c.checkpoint_every_steps = 500
   return c

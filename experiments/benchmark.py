@@ -3,7 +3,7 @@ anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on t
 
     PYTHONPATH=. python experiments/benchmark.py --arch resnet18 --batch 256 --dtype bfloat16
 
-The step is the engine's own (`train.make_train_step`: on-device views of every resolution, forward
+The step is the product's own (`steps.make_train_step`: on-device views of every resolution, forward
 and backward through the shared weights, RS-Nets loss, SGD), fed the same uint8 batch at every step.
 Fields: `warmup_s` runs from the start of model creation to the end of the first step (state,
 compile, first step); `warmup3_s` to the end of the third warm-up step, the anchor's `warmup_s`
@@ -18,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from rsnets_jax import defaults, preprocess, train
+from rsnets_jax import defaults, preprocess, steps
+from rsnets_jax.network import RSNet
 
 WARMUP_STEPS = 3  # as the anchor
 
@@ -38,12 +39,9 @@ def parse_args(argv=None):
 
 def make_config(args):
   config = defaults.get_config()
-  config.arch = args.arch
-  config.resolutions = tuple(sorted(args.res, reverse=True))
-  config.batch_size = args.batch
-  config.dtype = args.dtype
-  config.num_classes = args.classes
-  config.width = args.width
+  config.model.update(arch=args.arch, resolutions=tuple(sorted(args.res, reverse=True)),
+                      dtype=args.dtype, num_classes=args.classes, width=args.width)
+  config.data.batch_size = args.batch
   return config
 
 
@@ -76,34 +74,38 @@ def main(argv=None):
     raise SystemExit(f'--batch {args.batch} must be a multiple of the {len(devices)} devices')
   config = make_config(args)
   rng = np.random.default_rng(0)
-  res_max = max(config.resolutions)
+  res_max = max(config.model.resolutions)
   host_batch = {'image': rng.integers(0, 256, (args.batch, res_max, res_max, 3), dtype=np.uint8),
                 'label': rng.integers(0, args.classes, (args.batch,), dtype=np.int32)}
 
   # -- time to the first step: model, state, compile, one step ---------------------------------
   t_start = time.perf_counter()
-  net = train.create_network(config)
-  tx, schedule = train.create_optimizer(config, steps_per_epoch=1000)
-  mesh = train.make_mesh(devices)
-  state = train.replicate(train.create_train_state(net, tx, jax.random.key(config.seed)), mesh)
-  batch = train.shard_batch(host_batch, mesh)
-  step = train.make_train_step(net, tx, schedule, config, mesh)
+  net = RSNet(**config.model)
+  total_steps = 1000 * config.num_epochs
+  tx, _ = steps.create_optimizer(config.optim, total_steps, 1000)
+  mesh = steps.make_mesh(devices)
+  init_key, step_key = steps.run_keys(config.seed)
+  state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
+  step_key = steps.replicate(step_key, mesh)
+  batch = steps.shard_batch(host_batch, mesh)
+  step = steps.make_train_step(net, config, total_steps, 1000, mesh)
   jax.block_until_ready((state, batch))
   t_compile = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, step_key).compile()
   compile_s = time.perf_counter() - t_compile
-  state, metrics = compiled(state, batch)  # the state is donated: always carry the returned one
+  # The state is donated: always carry the returned one.
+  state, metrics = compiled(state, batch, step_key)
   jax.block_until_ready(metrics)
   warmup_s = time.perf_counter() - t_start
   for _ in range(WARMUP_STEPS - 1):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, step_key)
   jax.block_until_ready(metrics)
   warmup3_s = time.perf_counter() - t_start
 
   # -- training steps ---------------------------------------------------------------------------
   t0 = time.perf_counter()
   for _ in range(args.iters):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, step_key)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / args.iters
   peak = peak_memory_gib(devices)
@@ -111,9 +113,9 @@ def main(argv=None):
 
   # -- evaluation: one resolution at a time, its own BatchNorm ---------------------------------
   forward = jax.jit(net.apply)
-  images = jax.device_put(host_batch['image'], train.batch_sharded(mesh))
+  images = jax.device_put(host_batch['image'], steps.batch_sharded(mesh))
   eval_img_s = {}
-  for res in config.resolutions:
+  for res in config.model.resolutions:
     resize = jax.jit(lambda x, res=res: preprocess.resize(preprocess.to_float(x), res))
     x = jax.block_until_ready(resize(images))
     stats = state.stats[res]
@@ -123,7 +125,7 @@ def main(argv=None):
   print(json.dumps({
       'framework': 'jax ' + jax.__version__, 'variant': args.dtype,
       'device': devices[0].device_kind, 'devices': len(devices), 'arch': args.arch,
-      'batch': args.batch, 'res': list(config.resolutions),
+      'batch': args.batch, 'res': list(config.model.resolutions),
       'warmup_s': round(warmup_s, 1), 'warmup3_s': round(warmup3_s, 1),
       'compile_s': round(compile_s, 1), 'step_ms': round(step_s * 1e3, 2),
       'train_img_s': round(args.batch / step_s, 1), 'peak_mem_gib': round(peak, 2), 'loss': loss,

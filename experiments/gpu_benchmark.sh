@@ -3,10 +3,10 @@
 # same run, batch 256, resolutions 224 192 160 128 96. Results: one JSON line per run in
 # $OUT/bench.jsonl (echoed too), then the jax/torch ratios.
 #
-# The anchor is not in this repository and /work/shared does not travel to the device machine:
+# The anchor is not in this repository and ../shared does not travel to the device machine:
 # copy it first into the checkout's git-ignored folder .device/ (.gitignore ignores /.device/),
 # and have the device run carry that folder:
-#     mkdir -p .device && cp /work/shared/bench/torch_rs_resnet18.py .device/
+#     mkdir -p .device && cp ../shared/bench/torch_rs_resnet18.py .device/
 #     pip install --target .device/pylib --no-deps ml-collections==1.1.0
 # The device image has jax, flax, optax, orbax and torch but may lack ml-collections (pure Python),
 # which the benchmark imports; .device/pylib carries it as plain files (nothing is installed there).
@@ -52,7 +52,7 @@ EOF
 if [[ ${1:-} == --ratios ]]; then ratios "$2"; exit; fi
 
 if [[ ! -f "$ANCHOR" ]]; then
-  echo "missing $ANCHOR: copy /work/shared/bench/torch_rs_resnet18.py there and carry .device" >&2
+  echo "missing $ANCHOR: copy ../shared/bench/torch_rs_resnet18.py there and carry .device" >&2
   exit 2
 fi
 mkdir -p "$OUT"

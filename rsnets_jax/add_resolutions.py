@@ -22,8 +22,9 @@ from typing import Any, Dict, Optional, Sequence
 from absl import app, flags
 from etils import epath
 
-from rsnets_jax import checkpoint, data, evaluate, recalibrate, train, trainer
-from rsnets_jax.main import FLAGS, config_from_flags, parse_flags  # --config and --workdir, as the training command
+from rsnets_jax import checkpoint, cli, data, evaluate, loop, recalibrate, steps
+from rsnets_jax.errors import ConfigError
+from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 
 DEFAULT_SUBDIR = 'with_resolutions'
 
@@ -32,7 +33,7 @@ flags.register_validator(
     'resolutions', lambda v: v is None or all(r.strip().isdigit() and int(r) > 0 for r in v),
     message='--resolutions must be positive integers separated by commas')
 flags.DEFINE_integer('num_images', recalibrate.DEFAULT_NUM_IMAGES,
-                     'Training images (whole batches of config.batch_size) that re-estimate the '
+                     'Training images (whole batches of config.data.batch_size) that re-estimate the '
                      'BatchNorm statistics of each added resolution.', lower_bound=1)
 flags.DEFINE_string('dst', None, f'Where the extended checkpoint and reports go '
                     f'(default: <workdir>/{DEFAULT_SUBDIR}).')
@@ -51,10 +52,10 @@ def check_destination(dst, workdir):
   command did not write (save_model replaces the whole directory)."""
   d, w = _normalized(dst), _normalized(workdir)
   if w == d or w.startswith(d + '/'):
-    raise ValueError(f'--dst {dst} holds the checkpoint being read; choose another directory')
+    raise ConfigError(f'--dst {dst} holds the checkpoint being read; choose another directory')
   checkpoints = os.path.join(w, checkpoint.CHECKPOINT_SUBDIR)
   if d == checkpoints or d.startswith(checkpoints + '/'):
-    raise ValueError(f'--dst {dst} is in the training checkpoints; choose another directory')
+    raise ConfigError(f'--dst {dst} is in the training checkpoints; choose another directory')
   path = epath.Path(os.fspath(dst))
   if path.exists() and any(path.iterdir()):
     try:
@@ -62,8 +63,8 @@ def check_destination(dst, workdir):
     except Exception:  # pylint: disable=broad-except  # anything unreadable is not ours
       ours = False
     if not ours:
-      raise ValueError(f'--dst {dst} exists and was not written by this command; choose another '
-                       f'directory')
+      raise ConfigError(f'--dst {dst} exists and was not written by this command; choose another '
+                        f'directory')
 
 
 def add_resolutions(config, workdir, resolutions: Sequence[int],
@@ -76,22 +77,22 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   resolutions = sorted({int(r) for r in resolutions}, reverse=True)
   present = [r for r in resolutions if r in net.all_resolutions]
   if present:
-    raise ValueError(f'the network already runs at {present} (its resolutions: '
+    raise ConfigError(f'the network already runs at {present} (its resolutions: '
                      f'{list(net.all_resolutions)}); add other ones')
   dst = dst or os.path.join(os.fspath(workdir), DEFAULT_SUBDIR)
   check_destination(dst, workdir)
   given_config = config.to_dict()
-  mean, std = train.input_normalisation(config)
+  mean, std = steps.input_normalisation(config.data)
 
   # -- recalibration images: training crops, made at the largest resolution in play --
   # A resolution above the trained ones then gets crops at its own size, not upsampled ones.
   config = config.copy_and_resolve_references()
-  config.resolutions = tuple(sorted(set(net.resolutions) | set(resolutions), reverse=True))
-  num_batches = -(-num_images // config.batch_size)
+  config.model.resolutions = tuple(sorted(set(net.resolutions) | set(resolutions), reverse=True))
+  num_batches = -(-num_images // config.data.batch_size)
   train_iter = data.train_iterator(config)
   batches = [next(train_iter)['image'] for _ in range(num_batches)]
   train_iter.close()  # stops the loader's worker processes
-  used = num_batches * config.batch_size
+  used = num_batches * config.data.batch_size
 
   # -- add each resolution --
   added = {}
@@ -111,17 +112,16 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
            list(net.resolutions))
 
   # -- evaluate every resolution, trained and added --
-  mesh = train.make_mesh()
-  eval_step = train.make_eval_step(net, config, mesh)
-  params, stats = train.replicate((params, stats), mesh)
-  accuracies = trainer.run_eval(config, net, params, stats, eval_step, mesh)
+  mesh = steps.make_mesh()
+  params, stats = steps.replicate((params, stats), mesh)
+  accuracies = loop.run_eval(config, net, params, stats, mesh)
 
   # -- reports --
   table = evaluate.results_table(net, accuracies, net.all_resolutions)  # trained: net.resolutions
   added_list = ', '.join(map(str, resolutions))
   evaluate.write_reports(
       dst, table, {**provenance, 'skipped_images': accuracies['skipped']},
-      f'RS-{net.arch} on {config.dataset}, added {added_list}')
+      f'RS-{net.arch} on {config.data.dataset}, added {added_list}')
   log.info('evaluation:\n%s', evaluate.markdown(table))
   return table
 
@@ -129,19 +129,16 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = config_from_flags()
-  logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
-                      force=True)
-  log.setLevel(logging.INFO)
-  try:
+  config = cli.config_flag(FLAGS)
+  cli.setup_logging()
+
+  def body():
     if config.distributed:
-      raise ValueError('adding resolutions runs in one process; drop --config.distributed')
+      raise ConfigError('adding resolutions runs in one process; drop --config.distributed')
     add_resolutions(config, FLAGS.workdir, [int(r) for r in FLAGS.resolutions], FLAGS.num_images,
                     FLAGS.dst)
-  except (data.DataError, checkpoint.CheckpointError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  sys.exit(cli.run_command(body))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_absl_flags)

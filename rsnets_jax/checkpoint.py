@@ -3,12 +3,16 @@
 Every checkpoint (a step of a training run, or a directory written by `save_model`, e.g. by the
 converter) holds the same items, so both are read the same way:
     model/  params and stats (stats keyed by str(resolution) on disk)
-    meta/   JSON: the network's definition (enough to rebuild it with no config file) and the
-            run's config and evaluation results, when there are any
+    meta/   JSON: `format`, the network's `model` section (`RSNet(**meta['model'])` rebuilds it
+            with no config file), and the run's config and evaluation results, when there are any
 A training checkpoint adds:
     train/  optimiser state and step
     data/   JSON: the input iterator's position
 Orbax files hold arrays and JSON only; nothing is unpickled when reading them.
+
+Format 1 (before the models bound their layers the Flax way) kept every convolution kernel one
+level deeper, at `<layer>/conv/kernel`, and the network under `meta['network']`; it is read and
+moved to today's layout on the fly, for `load` and for resuming a run alike.
 """
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -18,13 +22,47 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rsnets_jax.errors import CheckpointError
 from rsnets_jax.network import RSNet
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+FORMAT = 2
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that is missing or cannot be read; the message is one line."""
+def _is_conv(node) -> bool:
+  return isinstance(node, dict) and set(node) == {'kernel'}  # dense layers also have a bias
+
+
+def _is_format1_conv(node) -> bool:
+  return isinstance(node, dict) and set(node) == {'conv'} and _is_conv(node['conv'])
+
+
+def to_format1(tree):
+  """`tree` (params, or any pytree holding params-shaped trees such as the optimiser state) with
+  each convolution kernel one level deeper, as format 1 stored it."""
+  return jax.tree.map(lambda n: {'conv': n} if _is_conv(n) else n, tree, is_leaf=_is_conv)
+
+
+def from_format1(tree):
+  return jax.tree.map(lambda n: n['conv'] if _is_format1_conv(n) else n, tree,
+                      is_leaf=_is_format1_conv)
+
+
+def _format_of(meta: Dict[str, Any], directory) -> int:
+  version = int(meta.get('format', 1))
+  if version > FORMAT:
+    raise CheckpointError(f'{directory} was written by a newer rsnets_jax (checkpoint format '
+                          f'{version}, this one reads up to {FORMAT}): upgrade rsnets_jax')
+  return version
+
+
+def _layout(template, version: int):
+  """Shapes to restore a checkpoint of format `version` into; `_migrate` undoes the difference."""
+  return to_format1(template) if version == 1 else template
+
+
+def _migrate(tree, version: int):
+  return from_format1(tree) if version == 1 else tree
 
 
 def _stats_to_disk(stats: Dict[int, Any]) -> Dict[str, Any]:
@@ -48,11 +86,16 @@ def _abstract(tree, sharding=None):
 
 
 def network_from_meta(meta: Dict[str, Any]) -> RSNet:
-  network = dict(meta['network'])
-  network['resolutions'] = tuple(network['resolutions'])
+  model = dict(meta['model'] if 'model' in meta else meta['network'])  # format 1: 'network'
+  model['resolutions'] = tuple(model['resolutions'])
   # Checkpoints written before resolutions could be added have no such field.
-  network['extra_resolutions'] = tuple(network.get('extra_resolutions', ()))
-  return RSNet(**network)
+  model['extra_resolutions'] = tuple(model.get('extra_resolutions', ()))
+  return RSNet(**model)
+
+
+def model_meta(net: RSNet, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """The meta item of a checkpoint of `net`: its format, its model section and `extra`."""
+  return {'format': FORMAT, 'model': net.config(), **(extra or {})}
 
 
 def model_template(net: RSNet, sharding=None):
@@ -69,11 +112,10 @@ def _composite_checkpointer():
 def save_model(directory, net: RSNet, params, stats, extra_meta: Optional[Dict[str, Any]] = None):
   """Writes a checkpoint that `load` reads: the network, its params and every `stats[r]`."""
   directory = _path(directory)
-  meta = {'network': net.config(), **(extra_meta or {})}
   _composite_checkpointer().save(
       directory, args=ocp.args.Composite(
           model=ocp.args.StandardSave({'params': params, 'stats': _stats_to_disk(stats)}),
-          meta=ocp.args.JsonSave(meta)), force=True)
+          meta=ocp.args.JsonSave(model_meta(net, extra_meta))), force=True)
 
 
 def _step_directory(path: epath.Path, which: str) -> epath.Path:
@@ -111,11 +153,15 @@ def load(path, which: str = 'latest') -> Tuple[RSNet, Any, Dict[int, Any]]:
   checkpointer = _composite_checkpointer()
   try:
     meta = checkpointer.restore(directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    version = _format_of(meta, directory)
     net = network_from_meta(meta)
     model = checkpointer.restore(directory, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(model_template(net))))['model']
+        model=ocp.args.StandardRestore(_layout(model_template(net), version))))['model']
+  except CheckpointError:
+    raise
   except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
     raise CheckpointError(f'cannot read checkpoint {directory}: {str(e).splitlines()[0]}') from e
+  model = _migrate(model, version)
   return net, model['params'], _stats_from_disk(model['stats'])
 
 
@@ -143,6 +189,8 @@ class TrainCheckpoints:
 
   def save(self, state, data_state: Any, meta: Dict[str, Any],
            metrics: Optional[Dict[str, float]] = None, force: bool = False) -> bool:
+    """Saves `state`, the input's position `data_state` (None when the input cannot say) and
+    `meta` (from `model_meta`)."""
     step = int(jax.device_get(state.step))
     saved = self.manager.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave({'params': state.params, 'stats': _stats_to_disk(state.stats)}),
@@ -166,13 +214,19 @@ class TrainCheckpoints:
   def restore(self, state_template, step: Optional[int] = None):
     """`(state, data_state)` of `step` (default: the latest), laid out like `state_template`."""
     step = self.latest_step() if step is None else step
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    version = _format_of(meta, self.directory / str(step))
     model_template = {'params': state_template.params, 'stats': _stats_to_disk(state_template.stats)}
     train_template = {'opt_state': state_template.opt_state, 'step': state_template.step}
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_abstract(model_template)),
-        train=ocp.args.StandardRestore(_abstract(train_template)),
-        data=ocp.args.JsonRestore()))
-    model, train = restored['model'], restored['train']
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(_layout(_abstract(model_template), version)),
+          train=ocp.args.StandardRestore(_layout(_abstract(train_template), version)),
+          data=ocp.args.JsonRestore()))
+    except (KeyError, TypeError, ValueError) as e:
+      raise CheckpointError(f'cannot resume from {self.directory / str(step)}: it does not fit '
+                            f'this run ({str(e).splitlines()[0]}); use another --workdir') from e
+    model, train = _migrate(restored['model'], version), _migrate(restored['train'], version)
     state = state_template.replace(params=model['params'], stats=_stats_from_disk(model['stats']),
                                    opt_state=train['opt_state'], step=train['step'])
     return state, restored['data']['iterator']

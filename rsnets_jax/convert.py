@@ -23,17 +23,14 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import jax
 import numpy as np
 
-from rsnets_jax import checkpoint
+from rsnets_jax import checkpoint, cli
+from rsnets_jax.errors import ConversionError
 from rsnets_jax.models import ARCHITECTURES
 from rsnets_jax.network import RESOLUTION_KEY, RSNet, create_model
 
 PAPER_RESOLUTIONS = (224, 192, 160, 128, 96)
 DATA_PARALLEL_PREFIX = 'module.'
 SHOWN_PER_PROBLEM = 5  # keys named per kind of mismatch; the rest are counted
-
-
-class ConversionError(ValueError):
-  """A checkpoint that cannot be converted; the message is one line."""
 
 
 # -- reading the PyTorch file (the only place that needs torch) -------------------------------------
@@ -134,7 +131,7 @@ def _layers(tree, path=()) -> Iterator[Tuple[Tuple[str, ...], str]]:
     if not isinstance(sub, dict):
       continue  # alpha
     here = path + (name,)
-    if set(sub) == {'conv'}:
+    if set(sub) == {'kernel'}:
       yield here, 'conv'
     elif set(sub) == {'kernel', 'bias'}:
       yield here, 'dense'
@@ -191,9 +188,9 @@ def expected_entries(net: RSNet, params) -> Tuple[Dict[str, Entry], List[str]]:
       layer = layer[name]
     prefix = module_name(path, params)
     if kind == 'conv':
-      kernel = layer['conv']['kernel']
+      kernel = layer['kernel']
       entries[f'{prefix}.module.weight'] = Entry(
-          'params', path + ('conv', 'kernel'), _hwio_to_oihw_shape(kernel.shape), _oihw_to_hwio)
+          'params', path + ('kernel',), _hwio_to_oihw_shape(kernel.shape), _oihw_to_hwio)
     elif kind == 'dense':
       kernel, bias = layer['kernel'], layer['bias']
       entries[f'{prefix}.module.weight'] = Entry(
@@ -300,10 +297,7 @@ def convert(arch: str, src, dst, resolutions: Sequence[int] = PAPER_RESOLUTIONS,
                           f'pass them all, largest first, with --resolutions')
   if num_classes is None:
     num_classes = infer_num_classes(state_dict) or 1000
-  try:
-    net = create_model(arch, resolutions, num_classes)
-  except ValueError as e:
-    raise ConversionError(str(e)) from e
+  net = create_model(arch, resolutions, num_classes)
   try:
     params, stats = torch_to_jax(state_dict, net)
   except ConversionError as e:
@@ -339,14 +333,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='default: the rows of the checkpoint\'s classifier')
   parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --dst')
   args = parser.parse_args(argv)
-  try:
+
+  def body():
     net = convert(args.arch, args.src, args.dst, args.resolutions, args.num_classes, args.overwrite)
-  except ConversionError as e:
-    print(f'{parser.prog}: error: {e}', file=sys.stderr)
-    return 1
-  print(f'wrote {net.arch} (resolutions {" ".join(map(str, net.resolutions))}, {net.num_classes} '
-        f'classes) to {os.path.abspath(args.dst)}')
-  return 0
+    print(f'wrote {net.arch} (resolutions {" ".join(map(str, net.resolutions))}, '
+          f'{net.num_classes} classes) to {os.path.abspath(args.dst)}')
+  return cli.run_command(body, prog=parser.prog)
 
 
 if __name__ == '__main__':

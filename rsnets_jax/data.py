@@ -6,9 +6,12 @@ Evaluation yields {'images': {res: uint8 (B, res, res, 3)}, 'label', 'mask'}: th
 resize-and-centre-crop view at each resolution, from the original image. B is the process's share
 of the global batch; every process reads only its own part of the data.
 
-Sources (registry `SOURCES`, chosen by `config.dataset`) are random-access sequences of records
-{'image': encoded bytes | file path | uint8 array, 'label': int, 'name': str}.
+Sources (registry `SOURCES`, chosen by `config.data.dataset`) are random-access sequences of
+records {'image': encoded bytes | file path | uint8 array, 'label': int, 'name': str}. A caller may
+hand any such sequence to `train_iterator` and `eval_batches` instead, e.g. a `DecodedSource` that
+keeps a small data set decoded in memory.
 """
+import concurrent.futures
 import functools
 import io
 import logging
@@ -25,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from rsnets_jax import synthetic
+from rsnets_jax.errors import DataError
 
 CROP_FRACTION = 0.875  # eval: shorter side to int(res / 0.875), then the centre res x res
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -36,10 +40,6 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.
                  Image.DecompressionBombError)
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-  """A data set that is missing or not prepared; the one-line message says what to run."""
 
 
 # -- pure image helpers ---------------------------------------------------------------------------
@@ -136,11 +136,11 @@ def eval_view(image: Image.Image, res: int) -> np.ndarray:
 
 # -- sources --------------------------------------------------------------------------------------
 
-def _require_data_dir(config) -> str:
-  if not config.data_dir:
-    raise DataError(f'config.data_dir is not set for dataset {config.dataset!r}: '
-                    f'pass --config.data_dir=DIR (or use --config.dataset=synthetic)')
-  return str(config.data_dir)
+def _require_data_dir(data) -> str:
+  if not data.data_dir:
+    raise DataError(f'config.data.data_dir is not set for dataset {data.dataset!r}: '
+                    f'pass --config.data.data_dir=DIR (or use --config.data.dataset=synthetic)')
+  return str(data.data_dir)
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,7 +163,7 @@ class FolderSource:
     classes = _list_class_folders(os.path.join(root, train_split))
     folder = os.path.join(root, split)
     hint = (f'expected <data_dir>/{split}/<class>/<image>; '
-            f'set --config.data_dir or use --config.dataset=synthetic')
+            f'set --config.data.data_dir or use --config.data.dataset=synthetic')
     if not classes:
       raise DataError(f'no class folders in {os.path.join(root, train_split)}: {hint}')
     unknown = sorted(set(_list_class_folders(folder)) - set(classes))
@@ -218,17 +218,17 @@ class TfdsSource:
     return {'image': example['image'], 'label': int(example['label']), 'name': name}
 
 
-def _synthetic_source(config, split: str):
-  length = config.synthetic_train_size if split == 'train' else config.synthetic_val_size
-  return synthetic.SyntheticSource(SYNTHETIC_SEED, split, length, config.synthetic_image_size)
+def _synthetic_source(data, split: str):
+  length = data.synthetic_train_size if split == 'train' else data.synthetic_val_size
+  return synthetic.SyntheticSource(SYNTHETIC_SEED, split, length, data.synthetic_image_size)
 
 
-def _folder_source(config, split: str):
-  return FolderSource(_require_data_dir(config), split, config.train_split or 'train')
+def _folder_source(data, split: str):
+  return FolderSource(_require_data_dir(data), split, data.train_split or 'train')
 
 
-def _tfds_source(config, split: str):
-  return TfdsSource(config.tfds_name, _require_data_dir(config), split)
+def _tfds_source(data, split: str):
+  return TfdsSource(data.tfds_name, _require_data_dir(data), split)
 
 
 # name -> (make source from (config, split), default train split, default val split)
@@ -239,30 +239,59 @@ SOURCES: Dict[str, Tuple[Callable[[Any, str], Sequence], str, str]] = {
 }
 
 
-def make_source(config, train: bool):
-  """The training or validation source of `config.dataset`, at config.train_split/val_split when
-  set, else at the source's usual split names."""
-  if config.dataset not in SOURCES:
-    raise DataError(f'unknown dataset {config.dataset!r}; choose one of {sorted(SOURCES)}')
-  make, train_split, val_split = SOURCES[config.dataset]
-  split = (config.train_split or train_split) if train else (config.val_split or val_split)
-  return make(config, split)
+def make_source(data, train: bool):
+  """The training or validation source of the data config `data` (`config.data`), at its
+  train_split/val_split when set, else at the source's usual split names."""
+  if data.dataset not in SOURCES:
+    raise DataError(f'unknown dataset {data.dataset!r}; choose one of {sorted(SOURCES)}')
+  make, train_split, val_split = SOURCES[data.dataset]
+  split = (data.train_split or train_split) if train else (data.val_split or val_split)
+  return make(data, split)
 
 
 def num_train_examples(config) -> int:
-  return len(make_source(config, train=True))
+  return len(make_source(config.data, train=True))
 
 
 def num_eval_examples(config) -> int:
-  return len(make_source(config, train=False))
+  return len(make_source(config.data, train=False))
 
 
 def num_classes(config) -> int:
-  """The number of classes the data set has (config.num_classes must match it)."""
-  if config.dataset == 'synthetic':
+  """The number of classes the data set has (config.model.num_classes must match it)."""
+  if config.data.dataset == 'synthetic':
     return synthetic.NUM_CLASSES
-  source = make_source(config, train=True)
+  source = make_source(config.data, train=True)
   return len(source.classes) if isinstance(source, FolderSource) else source.num_classes
+
+
+class DecodedSource:
+  """Every record of `source` decoded once into a uint8 array (in `threads` threads), for a data
+  set that fits in memory and is read many times, e.g. by several trainings in one process.
+  Unreadable images are left out and counted in `skipped`."""
+
+  def __init__(self, source: Sequence[Dict[str, Any]], threads: Optional[int] = None):
+    def decode(index):
+      record = source[index]
+      try:
+        with open_image(record['image']) as image:
+          return {**record, 'image': np.asarray(_to_rgb(image))}
+      except DECODE_ERRORS as error:
+        _skip(record, error)
+        return None
+    with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+      decoded = list(pool.map(decode, range(len(source))))  # PIL decodes without the GIL
+    self.records = [r for r in decoded if r is not None]
+    self.skipped = len(decoded) - len(self.records)
+    self.classes = getattr(source, 'classes', None)
+    if not self.records:
+      raise DataError(f'none of the {len(decoded)} images could be read')
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int):
+    return self.records[index]
 
 
 # -- per-example transforms (run in Grain's threads and worker processes) -------------------------
@@ -324,47 +353,50 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
-def _read_options(config, batch: int) -> grain.ReadOptions:
+def _read_options(data, batch: int) -> grain.ReadOptions:
   # About `prefetch` batches read ahead per process, shared by its workers.
-  ahead = config.prefetch * batch // max(config.num_workers, 1)
-  return grain.ReadOptions(num_threads=config.read_threads,
-                           prefetch_buffer_size=max(ahead, config.read_threads))
+  ahead = data.prefetch * batch // max(data.num_workers, 1)
+  return grain.ReadOptions(num_threads=data.read_threads,
+                           prefetch_buffer_size=max(ahead, data.read_threads))
 
 
-def _with_workers(ds: grain.IterDataset, config, buffer: int) -> grain.IterDataset:
-  """`config.num_workers` > 0: worker processes, each running the pipeline on every n-th element
+def _with_workers(ds: grain.IterDataset, data, buffer: int) -> grain.IterDataset:
+  """`data.num_workers` > 0: worker processes, each running the pipeline on every n-th element
   and keeping up to `buffer` outputs ready."""
-  if config.num_workers <= 0:
+  if data.num_workers <= 0:
     return ds
   # Grain's workers read absl flags, which are unparsed outside an absl app (tests, notebooks).
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers,
                                                      per_worker_buffer_size=max(buffer, 1)))
 
 
-def train_dataset(config, process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> grain.IterDataset:
-  """The endless training stream of this process. Every epoch is a new global shuffle of the whole
-  set, dealt out to the processes in turn, so no image repeats within an epoch; crops are drawn
-  from (config.seed, position in the stream), so a run replays the same data."""
+def train_dataset(config, process_index: Optional[int] = None, process_count: Optional[int] = None,
+                  *, source: Optional[Sequence] = None) -> grain.IterDataset:
+  """The endless training stream of this process, from `source` (default: the config's training
+  set). Every epoch is a new global shuffle of the whole set, dealt out to the processes in turn,
+  so no image repeats within an epoch; crops are drawn from (config.seed, position in the stream),
+  so a run replays the same data, and runs with the same seed see the same crops."""
   index, count = _process(process_index, process_count)
-  batch = local_batch_size(config.batch_size, count)
-  size = max(config.resolutions)
-  source = make_source(config, train=True)
+  data = config.data
+  batch = local_batch_size(data.batch_size, count)
+  size = max(config.model.resolutions)
+  source = make_source(data, train=True) if source is None else source
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()[index::count]
-  transform = functools.partial(train_example, size=size, scale=(config.crop_min_area, 1.0))
+  transform = functools.partial(train_example, size=size, scale=(data.crop_min_area, 1.0))
   # Batched after the corrupt images (None) are dropped, so every batch is full; in the workers,
   # so that whole batches cross between processes.
-  ds = ds.random_map(transform).to_iter_dataset(_read_options(config, batch))
-  return _with_workers(ds.batch(batch, drop_remainder=True), config, config.prefetch)
+  ds = ds.random_map(transform).to_iter_dataset(_read_options(data, batch))
+  return _with_workers(ds.batch(batch, drop_remainder=True), data, data.prefetch)
 
 
 def train_iterator(config, process_index: Optional[int] = None,
-                   process_count: Optional[int] = None) -> grain.DatasetIterator:
+                   process_count: Optional[int] = None, *,
+                   source: Optional[Sequence] = None) -> grain.DatasetIterator:
   """Training batches. `get_state()` / `set_state()` save and restore its position; a state is
   valid for the same data set, seed, batch size, process count and num_workers."""
-  return iter(train_dataset(config, process_index, process_count))
+  return iter(train_dataset(config, process_index, process_count, source=source))
 
 
 def eval_indices(num_examples: int, batch: int, process_index: int,
@@ -383,18 +415,19 @@ class EvalBatches:
   again for each evaluation. `skipped` counts the corrupt images of the last pass."""
 
   def __init__(self, config, resolutions: Sequence[int], process_index: Optional[int] = None,
-               process_count: Optional[int] = None):
+               process_count: Optional[int] = None, *, source: Optional[Sequence] = None):
     index, count = _process(process_index, process_count)
-    self.batch_size = local_batch_size(config.eval_batch_size, count)
-    source = make_source(config, train=False)
+    data = config.data
+    self.batch_size = local_batch_size(data.eval_batch_size, count)
+    source = make_source(data, train=False) if source is None else source
     self.num_examples = len(source)
     indices = eval_indices(self.num_examples, self.batch_size, index, count)
     self.num_batches = len(indices) // self.batch_size
     transform = functools.partial(eval_example, source=source,
                                   resolutions=tuple(sorted(set(resolutions), reverse=True)))
     ds = grain.MapDataset.source(indices.tolist()).map(transform)
-    ds = ds.to_iter_dataset(_read_options(config, self.batch_size))
-    ds = _with_workers(ds, config, config.prefetch * self.batch_size // max(config.num_workers, 1))
+    ds = ds.to_iter_dataset(_read_options(data, self.batch_size))
+    ds = _with_workers(ds, data, data.prefetch * self.batch_size // max(data.num_workers, 1))
     # Batched after the workers, which each take every n-th image: every process then yields the
     # same number of full batches whatever the number of workers.
     self._dataset = ds.batch(self.batch_size)
@@ -417,8 +450,9 @@ class EvalBatches:
 
 
 def eval_batches(config, resolutions: Optional[Sequence[int]] = None,
-                 process_index: Optional[int] = None,
-                 process_count: Optional[int] = None) -> EvalBatches:
-  """Evaluation batches at `resolutions` (default: config.resolutions)."""
-  resolutions = config.resolutions if resolutions is None else resolutions
-  return EvalBatches(config, resolutions, process_index, process_count)
+                 process_index: Optional[int] = None, process_count: Optional[int] = None, *,
+                 source: Optional[Sequence] = None) -> EvalBatches:
+  """Evaluation batches at `resolutions` (default: config.model.resolutions) from `source`
+  (default: the config's validation set)."""
+  resolutions = config.model.resolutions if resolutions is None else resolutions
+  return EvalBatches(config, resolutions, process_index, process_count, source=source)

@@ -50,10 +50,10 @@ def markdown(table: Dict[str, Any], title: str = '') -> str:
   lines += ['| resolution | MACs | top-1 (%) | top-5 (%) |', '| --- | --- | --- | --- |']
   for row in table['rows']:
     name = f"{row['resolution']}" + ('' if row.get('trained', True) else ' (not trained)')
-    lines.append(f"| {name} | {_macs(row['macs'])} | {_pct(row['top1'])} | {_pct(row['top5'])} |")
+    lines.append(f"| {name} | {format_macs(row['macs'])} | {_pct(row['top1'])} | {_pct(row['top5'])} |")
   if 'ensemble' in table:
     ens = table['ensemble']
-    lines.append(f"| ensemble (all) | {_macs(ens['macs'])} | {_pct(ens['top1'])} | {_pct(ens['top5'])} |")
+    lines.append(f"| ensemble (all) | {format_macs(ens['macs'])} | {_pct(ens['top1'])} | {_pct(ens['top5'])} |")
   if table.get('count'):
     lines += ['', f"{table['count']} validation images, each counted once."]
   return '\n'.join(lines) + '\n'
@@ -63,7 +63,7 @@ def _pct(v):
   return '-' if v is None else f'{v:.2f}'
 
 
-def _macs(m):
+def format_macs(m) -> str:
   return f'{m / 1e9:.2f}G' if m >= 1e9 else f'{m / 1e6:.1f}M'
 
 

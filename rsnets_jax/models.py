@@ -1,11 +1,12 @@
 """RS-Net architectures: shared convolutions, one private BatchNorm per training resolution.
 
-Every network is a plain Flax module called on one resolution at a time. The resolution selects the
-BatchNorm affine parameters (`scale_{res}`, `bias_{res}` inside each BatchNorm's params) and the
-caller passes that resolution's running statistics as the `batch_stats` collection. Nothing else
-depends on the resolution, so the convolution and classifier weights are shared by construction.
-BatchNorm exists for the training `resolutions` and for any `extra_resolutions` added after
-training (rsnets_jax/recalibrate.py); only the training ones have an ensemble weight in `alpha`.
+Every network is a plain Flax module called on one resolution at a time. The resolution (and the
+train flag) is bound once into the network's `norm`, as Flax's ImageNet example binds
+`use_running_average`; blocks are `__call__(self, x)`. The resolution selects the BatchNorm affine
+parameters (`scale_{res}`, `bias_{res}` inside each BatchNorm's params) and the caller passes that
+resolution's running statistics as the `batch_stats` collection. Nothing else depends on the
+resolution, so the convolution and classifier weights are shared by construction. BatchNorm exists for the training `resolutions` and for any `extra_resolutions` added
+after training (rsnets_jax/recalibrate.py); only the training ones have an ensemble weight in `alpha`.
 
 Arithmetic follows the reference PyTorch code: explicit symmetric padding (never 'SAME'), BatchNorm
 eps 1e-5 and PyTorch momentum 0.1 with the unbiased running variance, torchvision ResNet v1.5 and
@@ -19,6 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsnets_jax.conv import Conv
+
+ModuleDef = Any
+
 # PyTorch BatchNorm2d defaults, which the published checkpoints were trained with.
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
@@ -26,26 +31,10 @@ BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
 # the batch mean and unbiased variance that its running statistics move towards.
 BATCH_MOMENTS = 'batch_moments'
 
-# Kaiming normal, fan_out, ReLU gain (torchvision ResNet) == std sqrt(2 / (k*k*out)) (MobileNetV2).
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
 
 def torch_linear_bias_init(fan_in: int) -> Callable:
   bound = 1.0 / math.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def declare_alpha(module: nn.Module):
-  """The learnable ensemble weights (one per resolution, init ones) live in the same params tree."""
-  module.param('alpha', nn.initializers.ones, (len(module.resolutions),))
-
-
-def switchable_norm(module: nn.Module) -> Callable:
-  """The BatchNorm of a network: private affine parameters for its training resolutions, then for
-  the resolutions added after training."""
-  return functools.partial(SwitchableBatchNorm,
-                           tuple(module.resolutions) + tuple(module.extra_resolutions),
-                           module.shared_bn, module.bn_group_size, module.dtype)
 
 
 def _last(previous, value):
@@ -54,7 +43,7 @@ def _last(previous, value):
 
 
 class SwitchableBatchNorm(nn.Module):
-  """BatchNorm with private affine parameters per resolution.
+  """BatchNorm with private affine parameters per resolution; `resolution` picks the pair in use.
 
   The running statistics of the current resolution live in `batch_stats` (mean, var); the caller
   keeps one such tree per resolution. With `shared=True` there is one affine pair for every
@@ -64,25 +53,30 @@ class SwitchableBatchNorm(nn.Module):
   running statistics are also sown into the `BATCH_MOMENTS` collection when it is mutable.
   """
   resolutions: Sequence[int]
+  resolution: int
+  use_running_average: bool
   shared: bool = False
   group_size: Optional[int] = None
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, res: int, train: bool):
+  def __call__(self, x):
     features = x.shape[-1]
     keys = ('shared',) if self.shared else tuple(str(r) for r in self.resolutions)
     # All resolutions' affine parameters exist from init on, whichever resolution is called.
     scales = {k: self.param(f'scale_{k}', nn.initializers.ones, (features,)) for k in keys}
     biases = {k: self.param(f'bias_{k}', nn.initializers.zeros, (features,)) for k in keys}
-    key = 'shared' if self.shared else str(res)
+    key = 'shared' if self.shared else str(self.resolution)
     if key not in scales:
-      raise ValueError(f'no BatchNorm for resolution {res}; this network has {tuple(self.resolutions)}')
+      raise ValueError(f'no BatchNorm for resolution {self.resolution}; this network has '
+                       f'{tuple(self.resolutions)}')
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
 
     x32 = x.astype(jnp.float32)
-    if train:
+    if self.use_running_average:
+      y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + BN_EPS)
+    else:
       n = x32.shape[0]
       g = self.group_size or n
       if n % g:
@@ -103,69 +97,72 @@ class SwitchableBatchNorm(nn.Module):
         # Exact, for recalibration: recovering them from the momentum update would lose digits.
         self.sow(BATCH_MOMENTS, 'mean', batch_mean, reduce_fn=_last, init_fn=lambda: None)
         self.sow(BATCH_MOMENTS, 'var', batch_var, reduce_fn=_last, init_fn=lambda: None)
-    else:
-      y = (x32 - ra_mean.value) * jax.lax.rsqrt(ra_var.value + BN_EPS)
     y = y * scales[key] + biases[key]
     return y.astype(self.dtype)
 
 
-class Conv(nn.Module):
-  """Bias-free convolution with PyTorch's symmetric padding."""
-  features: int
-  kernel: int
-  stride: int = 1
-  groups: int = 1
-  dtype: Any = jnp.float32
+class RSNetModule(nn.Module):
+  """What every RS-Net architecture shares: its resolutions, BatchNorm options and `alpha`.
 
-  @nn.compact
-  def __call__(self, x):
-    pad = (self.kernel - 1) // 2
-    return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
-                   use_bias=False, kernel_init=conv_init, dtype=self.dtype, name='conv')(x)
+  `__call__(x, train, resolution)` runs at `resolution` (default: the input size) and binds it,
+  with the train flag, into the `norm` that every layer uses."""
+  resolutions: Sequence[int]
+  num_classes: int = 1000
+  shared_bn: bool = False
+  bn_group_size: Optional[int] = None
+  dtype: Any = jnp.float32
+  extra_resolutions: Sequence[int] = ()
+
+  def declare_alpha(self):
+    """The learnable ensemble weights (one per training resolution, init ones), in params."""
+    self.param('alpha', nn.initializers.ones, (len(self.resolutions),))
+
+  def bind_norm(self, resolution: int, train: bool) -> ModuleDef:
+    return functools.partial(SwitchableBatchNorm,
+                             tuple(self.resolutions) + tuple(self.extra_resolutions), resolution,
+                             use_running_average=not train, shared=self.shared_bn,
+                             group_size=self.bn_group_size, dtype=self.dtype)
 
 
 class BasicBlock(nn.Module):
   features: int
-  stride: int
-  norm: Callable
-  dtype: Any
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, res, train):
-    conv = functools.partial(Conv, dtype=self.dtype)
-    y = conv(self.features, 3, self.stride, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y, res, train))
-    y = conv(self.features, 3, name='conv2')(y)
-    y = self.norm(name='bn2')(y, res, train)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      x = conv(self.features, 1, self.stride, name='downsample_conv')(x)
-      x = self.norm(name='downsample_bn')(x, res, train)
+  def __call__(self, x):
+    y = self.conv(self.features, 3, self.strides, name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, 3, name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = self.conv(self.features, 1, self.strides, name='downsample_conv')(x)
+      x = self.norm(name='downsample_bn')(x)
     return nn.relu(y + x)
 
 
 class Bottleneck(nn.Module):
   """torchvision v1.5 bottleneck: the stride sits on the 3x3 convolution."""
   features: int
-  stride: int
-  norm: Callable
-  dtype: Any
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, res, train):
-    conv = functools.partial(Conv, dtype=self.dtype)
+  def __call__(self, x):
     out = self.features * self.expansion
-    y = conv(self.features, 1, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y, res, train))
-    y = conv(self.features, 3, self.stride, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y, res, train))
-    y = conv(out, 1, name='conv3')(y)
-    y = self.norm(name='bn3')(y, res, train)
-    if self.stride != 1 or x.shape[-1] != out:
-      x = conv(out, 1, self.stride, name='downsample_conv')(x)
-      x = self.norm(name='downsample_bn')(x, res, train)
+    y = self.conv(self.features, 1, name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, 3, self.strides, name='conv2')(y)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.conv(out, 1, name='conv3')(y)
+    y = self.norm(name='bn3')(y)
+    if self.strides != 1 or x.shape[-1] != out:
+      x = self.conv(out, 1, self.strides, name='downsample_conv')(x)
+      x = self.norm(name='downsample_bn')(x)
     return nn.relu(y + x)
 
 
@@ -178,30 +175,24 @@ def _dense(features, fan_in, name, torch_default: bool):
                   bias_init=nn.initializers.zeros)
 
 
-class ResNet(nn.Module):
-  stage_sizes: Sequence[int]
-  block_cls: Any
-  resolutions: Sequence[int]
-  num_classes: int = 1000
+class ResNet(RSNetModule):
+  stage_sizes: Sequence[int] = ()
+  block_cls: ModuleDef = BasicBlock
   width: int = 64
-  shared_bn: bool = False
-  bn_group_size: Optional[int] = None
-  dtype: Any = jnp.float32
-  extra_resolutions: Sequence[int] = ()
 
   @nn.compact
-  def __call__(self, x, res: int, train: bool = False):
-    declare_alpha(self)
-    norm = switchable_norm(self)
+  def __call__(self, x, train: bool = False, resolution: Optional[int] = None):
+    self.declare_alpha()
+    norm = self.bind_norm(resolution or x.shape[1], train)
+    conv = functools.partial(Conv, dtype=self.dtype)
     x = x.astype(self.dtype)
-    x = Conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
-    x = nn.relu(norm(name='bn1')(x, res, train))
+    x = conv(self.width, 7, 2, name='conv1')(x)
+    x = nn.relu(norm(name='bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, blocks in enumerate(self.stage_sizes):
       for b in range(blocks):
-        stride = 2 if i > 0 and b == 0 else 1
-        x = self.block_cls(self.width * 2**i, stride, norm, self.dtype,
-                           name=f'layer{i + 1}_{b}')(x, res, train)
+        strides = 2 if i > 0 and b == 0 else 1
+        x = self.block_cls(self.width * 2**i, strides, conv, norm, name=f'layer{i + 1}_{b}')(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return _dense(self.num_classes, x.shape[-1], 'fc', torch_default=True)(x)
 
@@ -213,56 +204,50 @@ def _make_divisible(v, divisor=8):
 
 class InvertedResidual(nn.Module):
   features: int
-  stride: int
+  strides: int
   expand_ratio: int
-  norm: Callable
-  dtype: Any
+  conv: ModuleDef
+  norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x, res, train):
-    conv = functools.partial(Conv, dtype=self.dtype)
+  def __call__(self, x):
     hidden = int(round(x.shape[-1] * self.expand_ratio))
     y = x
     if self.expand_ratio != 1:
-      y = conv(hidden, 1, name='expand_conv')(y)
-      y = nn.relu6(self.norm(name='expand_bn')(y, res, train))
-    y = conv(hidden, 3, self.stride, groups=hidden, name='depthwise_conv')(y)
-    y = nn.relu6(self.norm(name='depthwise_bn')(y, res, train))
-    y = conv(self.features, 1, name='project_conv')(y)
-    y = self.norm(name='project_bn')(y, res, train)
-    if self.stride == 1 and x.shape[-1] == self.features:
+      y = self.conv(hidden, 1, name='expand_conv')(y)
+      y = nn.relu6(self.norm(name='expand_bn')(y))
+    y = self.conv(hidden, 3, self.strides, feature_group_count=hidden, name='depthwise_conv')(y)
+    y = nn.relu6(self.norm(name='depthwise_bn')(y))
+    y = self.conv(self.features, 1, name='project_conv')(y)
+    y = self.norm(name='project_bn')(y)
+    if self.strides == 1 and x.shape[-1] == self.features:
       y = y + x
     return y
 
 
-class MobileNetV2(nn.Module):
-  resolutions: Sequence[int]
-  num_classes: int = 1000
+class MobileNetV2(RSNetModule):
   width: float = 1.0
-  shared_bn: bool = False
-  bn_group_size: Optional[int] = None
-  dtype: Any = jnp.float32
-  extra_resolutions: Sequence[int] = ()
   # (expansion, channels, repeats, first stride), as torchvision and the reference.
   settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
               (6, 160, 3, 2), (6, 320, 1, 1))
 
   @nn.compact
-  def __call__(self, x, res: int, train: bool = False):
-    declare_alpha(self)
-    norm = switchable_norm(self)
+  def __call__(self, x, train: bool = False, resolution: Optional[int] = None):
+    self.declare_alpha()
+    norm = self.bind_norm(resolution or x.shape[1], train)
+    conv = functools.partial(Conv, dtype=self.dtype)
     x = x.astype(self.dtype)
-    x = Conv(_make_divisible(32 * self.width), 3, 2, dtype=self.dtype, name='stem_conv')(x)
-    x = nn.relu6(norm(name='stem_bn')(x, res, train))
+    x = conv(_make_divisible(32 * self.width), 3, 2, name='stem_conv')(x)
+    x = nn.relu6(norm(name='stem_bn')(x))
     k = 1
     for t, c, n, s in self.settings:
       for i in range(n):
-        x = InvertedResidual(_make_divisible(c * self.width), s if i == 0 else 1, t, norm,
-                             self.dtype, name=f'block{k}')(x, res, train)
+        x = InvertedResidual(_make_divisible(c * self.width), s if i == 0 else 1, t, conv, norm,
+                             name=f'block{k}')(x)
         k += 1
     last = _make_divisible(1280 * max(1.0, self.width))
-    x = Conv(last, 1, dtype=self.dtype, name='head_conv')(x)
-    x = nn.relu6(norm(name='head_bn')(x, res, train))
+    x = conv(last, 1, name='head_conv')(x)
+    x = nn.relu6(norm(name='head_bn')(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return _dense(self.num_classes, x.shape[-1], 'classifier', torch_default=False)(x)
 

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsnets_jax import models
+from rsnets_jax.conv import Conv
+from rsnets_jax.errors import ConfigError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 RESOLUTION_KEY = 'resolution'
@@ -42,18 +44,18 @@ class RSNet:
 
   def __post_init__(self):
     if self.arch not in models.ARCHITECTURES:
-      raise ValueError(f'unknown arch {self.arch!r}; choose one of {sorted(models.ARCHITECTURES)}')
+      raise ConfigError(f'unknown arch {self.arch!r}; choose one of {sorted(models.ARCHITECTURES)}')
     res = tuple(int(r) for r in self.resolutions)
     if not res or list(res) != sorted(set(res), reverse=True):
-      raise ValueError(f'resolutions must be distinct and largest first, got {self.resolutions}')
+      raise ConfigError(f'resolutions must be distinct and largest first, got {self.resolutions}')
     object.__setattr__(self, 'resolutions', res)
     extra = tuple(int(r) for r in self.extra_resolutions)
     if len(set(extra)) != len(extra) or set(extra) & set(res) or any(r <= 0 for r in extra):
-      raise ValueError(f'extra_resolutions must be distinct, positive and not training '
+      raise ConfigError(f'extra_resolutions must be distinct, positive and not training '
                        f'resolutions, got {self.extra_resolutions} with resolutions {res}')
     object.__setattr__(self, 'extra_resolutions', tuple(sorted(extra, reverse=True)))
     if self.dtype not in DTYPES:
-      raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
+      raise ConfigError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
 
   @property
   def all_resolutions(self) -> Tuple[int, ...]:
@@ -95,7 +97,7 @@ class RSNet:
 
   def _init_variables(self, rng):
     res = min(self.resolutions)  # parameter shapes do not depend on the resolution
-    return self.module.init(rng, jnp.zeros((1, res, res, 3), jnp.float32), res, train=False)
+    return self.module.init(rng, jnp.zeros((1, res, res, 3), jnp.float32))
 
   @staticmethod
   def _tag(batch_stats, res: int):
@@ -120,19 +122,18 @@ class RSNet:
   def forward(self, params, batch_stats, x, train: bool = False):
     """`apply` on the untagged statistics tree (for code that already knows the resolution)."""
     variables = {'params': params, 'batch_stats': batch_stats}
-    res = int(x.shape[1])
     if train:
-      logits, updated = self.module.apply(variables, x, res, train=True, mutable=['batch_stats'])
+      logits, updated = self.module.apply(variables, x, train=True, mutable=['batch_stats'])
       return logits, updated['batch_stats']
-    return self.module.apply(variables, x, res, train=False)
+    return self.module.apply(variables, x)
 
   def batch_moments(self, params, x):
     """Every BatchNorm's batch mean and unbiased batch variance of `x` (N, r, r, 3) in train mode,
     in a tree shaped like the untagged `stats[r]`: what train mode moves the running statistics
     towards. BatchNorm recalibration averages them over batches."""
-    res = self.resolution_of(x)
+    self.resolution_of(x)
     # The running statistics are created (and discarded): train mode never reads them.
-    _, variables = self.module.apply({'params': params}, x, res, train=True,
+    _, variables = self.module.apply({'params': params}, x, train=True,
                                      mutable=['batch_stats', models.BATCH_MOMENTS])
     return variables[models.BATCH_MOMENTS]
 
@@ -167,10 +168,10 @@ def count_macs(module: nn.Module, res: int) -> int:
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     mod = context.module
-    if context.method_name == '__call__' and isinstance(mod, (nn.Conv, nn.Dense)):
+    if context.method_name == '__call__' and isinstance(mod, (Conv, nn.Dense)):
       x = args[0]
-      if isinstance(mod, nn.Conv):
-        k = int(np.prod(mod.kernel_size))
+      if isinstance(mod, Conv):
+        k = mod.kernel_size**2
         total.append(int(np.prod(out.shape[1:])) * k * x.shape[-1] // mod.feature_group_count)
       else:
         total.append(int(x.shape[-1]) * mod.features)
@@ -179,7 +180,7 @@ def count_macs(module: nn.Module, res: int) -> int:
   x = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
   bn_res = module.resolutions[0]  # any BatchNorm: the cost is the same, so any `res` can be costed
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda x: module.init(jax.random.key(0), x, bn_res, train=False), x)
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x, resolution=bn_res), x)
   return sum(total)
 
 

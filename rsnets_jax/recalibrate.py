@@ -87,6 +87,26 @@ def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
   return {RESOLUTION_KEY: jnp.int32(res), **stats}
 
 
+def _extend(net: RSNet, params, res: int, source: int) -> Tuple[RSNet, Any]:
+  """`net` with `res` in `extra_resolutions` and `params` with, in every BatchNorm, `res`'s
+  affine parameters copied from training resolution `source`."""
+  res = int(res)
+  if res <= 0:
+    raise ValueError(f'a resolution must be positive, got {res}')
+  if res in net.all_resolutions:
+    kind = 'a training' if res in net.resolutions else 'an added'
+    raise ValueError(f'{res} is already {kind} resolution of this network')
+  if source not in net.resolutions:
+    raise ValueError(f'{source} is not a training resolution of this network {net.resolutions}')
+  net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,))
+  # With a shared BatchNorm one affine pair serves every resolution already.
+  params2 = params if net.shared_bn else copy_affine(params, source, res)
+  want = net2.init_shapes()[0]
+  if jax.tree.structure(params2) != jax.tree.structure(want):
+    raise ValueError(f'params do not fit a {net.arch} with resolutions {net.all_resolutions}')
+  return net2, params2
+
+
 def add_resolution(net: RSNet, params, stats: Dict[int, Any], res: int, batches: Iterable[Any],
                    num_images: int = DEFAULT_NUM_IMAGES, mean: Optional[Sequence[float]] = None,
                    std: Optional[Sequence[float]] = None) -> Tuple[RSNet, Any, Dict[int, Any]]:
@@ -98,19 +118,18 @@ def add_resolution(net: RSNet, params, stats: Dict[int, Any], res: int, batches:
   (`recalibrated_stats`). Everything else is passed through unchanged, so the training
   resolutions, `alpha` and the ensemble behave exactly as before. Reads `batches`, changes no input.
   """
-  res = int(res)
-  if res <= 0:
-    raise ValueError(f'a resolution must be positive, got {res}')
-  if res in net.all_resolutions:
-    kind = 'a training' if res in net.resolutions else 'an added'
-    raise ValueError(f'{res} is already {kind} resolution of this network')
-  net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,))
-  if net.shared_bn:  # one affine pair serves every resolution already
-    params2 = params
-  else:
-    params2 = copy_affine(params, nearest_resolution(net.resolutions, res), res)
-  want = net2.init_shapes()[0]
-  if jax.tree.structure(params2) != jax.tree.structure(want):
-    raise ValueError(f'params do not fit a {net.arch} with resolutions {net.all_resolutions}')
-  new_stats = recalibrated_stats(net2, params2, res, batches, num_images, mean, std)
-  return net2, params2, {**stats, res: new_stats}
+  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, int(res)))
+  new_stats = recalibrated_stats(net2, params2, int(res), batches, num_images, mean, std)
+  return net2, params2, {**stats, int(res): new_stats}
+
+
+def reuse_batchnorm(net: RSNet, params, stats: Dict[int, Any], res: int,
+                    source: Optional[int] = None) -> Tuple[RSNet, Any, Dict[int, Any]]:
+  """`(net2, params2, stats2)`: the network run at `res` with training resolution `source`'s
+  BatchNorm as it is, affine parameters and running statistics (default: the nearest training
+  resolution). This is what a network trained at one size does when simply fed another (the
+  paper's "I-224" column); `add_resolution` re-estimates the statistics instead."""
+  source = nearest_resolution(net.resolutions, int(res)) if source is None else int(source)
+  net2, params2 = _extend(net, params, res, source)
+  copied = jax.tree.map(lambda x: jnp.array(x, copy=True), net.check_stats(stats[source], source))
+  return net2, params2, {**stats, int(res): {RESOLUTION_KEY: jnp.int32(res), **copied}}

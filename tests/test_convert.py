@@ -137,7 +137,7 @@ def test_bare_state_dict(torch, ref, tmp_path):
     assert info == {} and convert.infer_num_classes(loaded) == NUM_CLASSES
     net = rsnets_jax.create_model('resnet18', RESOLUTIONS, NUM_CLASSES)
     params, stats = convert.torch_to_jax(loaded, net)
-    np.testing.assert_array_equal(params['conv1']['conv']['kernel'],
+    np.testing.assert_array_equal(params['conv1']['kernel'],
                                   model.conv1.module.weight.detach().numpy().transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params['fc']['kernel'], model.fc.module.weight.detach().numpy().T)
     np.testing.assert_array_equal(params['fc']['bias'], model.fc.module.bias.detach().numpy())
@@ -157,7 +157,7 @@ def test_mobilenet_depthwise_and_block_indices(ref):
   params, stats = convert.torch_to_jax(numpy_state_dict(model), net)
   dw = model.features[1].conv[0].module.weight.detach().numpy()  # expansion 1: depthwise first
   assert dw.shape == (32, 1, 3, 3)
-  np.testing.assert_array_equal(params['block1']['depthwise_conv']['conv']['kernel'],
+  np.testing.assert_array_equal(params['block1']['depthwise_conv']['kernel'],
                                 dw.transpose(2, 3, 1, 0))
   project_bn = model.features[5].conv[7].bn_0  # expansion 6: the projection BN is conv.7
   np.testing.assert_array_equal(stats[32]['block5']['project_bn']['var'], project_bn.running_var)

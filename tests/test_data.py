@@ -11,25 +11,16 @@ from PIL import Image
 
 from rsnets_jax import data, defaults, synthetic
 
+from helpers import override
+
 
 def make_config(**overrides):
   c = defaults.get_config()
-  c.dataset = 'synthetic'
-  c.num_classes = synthetic.NUM_CLASSES
-  c.resolutions = (32, 24, 16)
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.synthetic_train_size = 32
-  c.synthetic_val_size = 13
-  c.synthetic_image_size = 48
-  c.crop_min_area = 0.25
-  c.num_workers = 0
-  c.read_threads = 2
-  c.prefetch = 2
-  c.train_split = None  # the source's own split names
-  c.val_split = None
-  c.update(overrides)
-  return c
+  override(c, dataset='synthetic', num_classes=synthetic.NUM_CLASSES, resolutions=(32, 24, 16),
+           batch_size=8, eval_batch_size=8, synthetic_train_size=32, synthetic_val_size=13,
+           synthetic_image_size=48, crop_min_area=0.25, num_workers=0, read_threads=2, prefetch=2,
+           train_split=None, val_split=None)  # the source's own split names
+  return override(c, **overrides)
 
 
 def write_image(path, size=(40, 30), colour=(200, 30, 30), fmt='JPEG'):
@@ -302,7 +293,7 @@ def test_missing_folder_data_raises_one_helpful_line(tmp_path):
 
   with pytest.raises(data.DataError) as error:
     data.num_train_examples(make_config(dataset='folder', data_dir=None))
-  assert '--config.data_dir' in first_line_only(error)
+  assert '--config.data.data_dir' in first_line_only(error)
 
   with pytest.raises(data.DataError) as error:
     data.num_train_examples(make_config(dataset='imagenet'))
@@ -346,7 +337,7 @@ def test_tfds_source_reads_encoded_records(monkeypatch, tmp_path):
   config = make_config(dataset='tfds', data_dir=str(tmp_path), tfds_name='imagenet2012',
                        batch_size=5, eval_batch_size=4, resolutions=(16,))
   assert data.num_train_examples(config) == 5 and data.num_classes(config) == 3
-  source = data.make_source(config, train=False)
+  source = data.make_source(config.data, train=False)
   assert source[2]['name'] == 'n02.JPEG' and source[2]['label'] == 2
   batch = next(data.train_iterator(config, 0, 1))
   assert sorted(batch['label'].tolist()) == [0, 0, 1, 1, 2]
@@ -403,3 +394,23 @@ def test_synthetic_stripes_vanish_at_low_resolution():
 
   assert ratio(32) > 8
   assert ratio(8) < 2
+
+
+def test_decoded_source_feeds_the_pipeline_like_the_files(tmp_path):
+  root = make_folder(tmp_path / 'photos', per_class=4)
+  (root / 'train' / 'a' / 'broken.jpg').write_bytes(b'not a jpeg')
+  config = make_config(dataset='folder', data_dir=str(root), batch_size=4, eval_batch_size=4,
+                       resolutions=(24, 16))
+  files = data.FolderSource(str(root), 'train')
+  decoded = data.DecodedSource(files, threads=2)
+  assert len(decoded) == len(files) - 1 and decoded.skipped == 1
+  assert decoded[0]['image'].dtype == np.uint8 and decoded[0]['image'].shape == (30, 40, 3)
+  # The broken file aside, the same records in the same order: the same crops as from the files.
+  good = [r for r in (files[i] for i in range(len(files))) if 'broken' not in r['name']]
+  from_files = next(data.train_iterator(config, 0, 1, source=good))
+  from_memory = next(data.train_iterator(config, 0, 1, source=decoded))
+  np.testing.assert_array_equal(from_files['image'], from_memory['image'])
+  np.testing.assert_array_equal(from_files['label'], from_memory['label'])
+  val = data.DecodedSource(data.FolderSource(str(root), 'val'))
+  batches = list(data.eval_batches(config, (16,), 0, 1, source=val))
+  assert sum(int(b['mask'].sum()) for b in batches) == 8

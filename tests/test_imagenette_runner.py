@@ -1,98 +1,37 @@
-"""The Imagenette runner's own parts (experiments/imagenette/run.py): on-device crops equal to the
-input pipeline's PIL crops, the per-epoch plan, exact evaluation batches, the one-BatchNorm
-evaluation of an individual network, and the rule that turns small differences into ties."""
+"""The Imagenette comparison (experiments/imagenette/): a driver of the product's loop, end to end
+on a tiny folder of generated photographs, resumable; and its report's rule that turns small
+differences into ties."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
-import jax
 import numpy as np
 from PIL import Image
 
-from rsnets_jax import data, defaults, train
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.join(ROOT, 'experiments', 'imagenette')
 
-RUNNER = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'imagenette', 'run.py')
 
-
-def load_runner():
-  spec = importlib.util.spec_from_file_location('imagenette_run', RUNNER)
+def load(name):
+  spec = importlib.util.spec_from_file_location(f'imagenette_{name}', os.path.join(HERE, f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  sys.path.insert(0, HERE)  # run.py imports report
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(HERE)
   return module
 
 
-run = load_runner()
-
-
-def test_device_crops_match_pil_random_resized_crop():
-  rng = np.random.default_rng(0)
-  # Smooth images with some texture, so that resampling errors would show.
-  yy, xx = np.mgrid[0:40, 0:48]
-  base = np.stack([yy * 5, xx * 4, (yy * xx) % 256], -1)
-  images = np.clip(base[None] + rng.integers(0, 40, (6, 40, 48, 3)), 0, 255).astype(np.uint8)
-  for size in (24, 40, 64):  # downscaled, mixed, upscaled crops
-    seeds = [np.random.default_rng(i) for i in range(len(images))]
-    boxes = np.array([data.crop_params(np.random.default_rng(i), 40, 48, (0.2, 1.0))
-                      for i in range(len(images))], np.int32)
-    expected = np.stack([data.random_resized_crop(Image.fromarray(im), size, s, (0.2, 1.0))
-                         for im, s in zip(images, seeds)])
-    got = np.asarray(jax.jit(run.crop_and_resize, static_argnums=3)(
-        images, np.arange(len(images)), boxes, size))
-    diff = np.abs(got.astype(int) - expected.astype(int))
-    assert got.shape == expected.shape and got.dtype == np.uint8
-    # PIL's weights are fixed-point: a value that is exactly x.5 in real arithmetic (common on
-    # these smooth ramps) may round the other way, never by more than one grey level.
-    assert diff.max() <= 1 and diff.mean() < 0.1, (size, diff.max(), diff.mean())
-
-
-def test_epoch_plan_is_a_fixed_permutation_per_seed_and_epoch():
-  order, boxes = run.epoch_plan(3, 1, 50, 32, 32, 0.35)
-  again, boxes_again = run.epoch_plan.__wrapped__(3, 1, 50, 32, 32, 0.35)
-  np.testing.assert_array_equal(order, again)
-  np.testing.assert_array_equal(boxes, boxes_again)
-  assert sorted(order) == list(range(50))
-  assert not np.array_equal(order, run.epoch_plan(3, 2, 50, 32, 32, 0.35)[0])
-  assert not np.array_equal(order, run.epoch_plan(4, 1, 50, 32, 32, 0.35)[0])
-  top, left, h, w = boxes.T
-  assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
-  assert (h * w >= 0.35 * 32 * 32 * 0.9).all()  # rounding of the drawn sides
-
-
-def test_eval_batches_count_every_image_once():
-  views = {16: np.arange(11)[:, None, None, None] * np.ones((1, 16, 16, 3), np.uint8),
-           8: np.zeros((11, 8, 8, 3), np.uint8)}
-  labels = np.arange(11, dtype=np.int32)
-  batches = list(run.eval_batches(views, labels, (16, 8), 4))
-  assert len(batches) == 3 and all(b['images'][16].shape == (4, 16, 16, 3) for b in batches)
-  seen = np.concatenate([b['label'][b['mask']] for b in batches])
-  np.testing.assert_array_equal(seen, labels)
-  assert sum(int(b['mask'].sum()) for b in batches) == 11
+report = load('report')
+run = load('run')
 
 
 def test_balanced_subset_spreads_over_the_sorted_list():
   np.testing.assert_array_equal(run.balanced_subset(10, 0), np.arange(10))
   np.testing.assert_array_equal(run.balanced_subset(10, 5), [0, 2, 4, 7, 9])
-
-
-def test_fixed_bn_eval_matches_the_engine_at_the_trained_size_and_runs_at_others():
-  config = defaults.get_config()
-  config.num_classes, config.width, config.resolutions = 4, 0.125, (16,)
-  mesh = train.make_mesh()
-  net = train.create_network(config)
-  params, stats = net.init(jax.random.key(0))
-  rng = np.random.default_rng(0)
-  batch = {'images': {16: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
-                      12: rng.integers(0, 256, (8, 12, 12, 3), dtype=np.uint8)},
-           'label': rng.integers(0, 4, (8,), dtype=np.int32),
-           'mask': np.array([True] * 6 + [False] * 2)}
-  own = {'images': {16: batch['images'][16]}, 'label': batch['label'], 'mask': batch['mask']}
-  engine = jax.device_get(train.make_eval_step(net, config, mesh)(
-      params, stats, train.shard_batch(own, mesh)))
-  fixed = jax.device_get(run.make_fixed_bn_eval_step(net, config, mesh)(
-      params, net.check_stats(stats[16], 16), train.shard_batch(batch, mesh)))
-  assert int(fixed['count']) == 6
-  for k in ('top1/16', 'top5/16'):
-    assert int(fixed[k]) == int(engine[k])
-  assert 0 <= int(fixed['top1/12']) <= 6
 
 
 def _table(top1_by_res, per_seed=None):
@@ -111,7 +50,56 @@ def test_differences_within_the_seed_spread_are_ties():
       'inets': _table({32: 50.0, 16: 40.0}, {32: [49.0, 51.0], 16: [39.5, 40.5]}),
       'ens_topdown': _table({32: 51.5, 16: 42.0}, {32: [51.0, 52.0], 16: [41.9, 42.1]}),
   }
-  verdicts = {x['resolution']: x for x in run.compare(tables, (32, 16))}
+  verdicts = {x['resolution']: x for x in report.compare(tables, (32, 16))}
   assert verdicts[32]['verdict'] == 'tie' and verdicts[32]['seed_spread'] == 2.0
   assert verdicts[16]['verdict'] == 'a better' and verdicts[16]['holds']
   assert abs(verdicts[16]['delta'] - 2.0) < 1e-9
+
+
+def make_photos(root, classes=2, per_class=8, size=24):
+  """Class k: a bright square in corner k on noise, saved as JPEG in class folders."""
+  rng = np.random.default_rng(0)
+  for split in ('train', 'val'):
+    for k in range(classes):
+      os.makedirs(root / split / f'c{k}')
+      for i in range(per_class):
+        image = rng.integers(0, 90, (size, size, 3))
+        h = size // 2
+        image[(k // 2) * h:(k // 2 + 1) * h, (k % 2) * h:(k % 2 + 1) * h] += 150
+        Image.fromarray(image.astype(np.uint8)).save(root / split / f'c{k}' / f'{i}.jpg')
+
+
+def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
+  make_photos(tmp_path / 'photos')
+  out = tmp_path / 'out'
+  cmd = [sys.executable, 'experiments/imagenette/run.py',
+         '--config=experiments/imagenette/config.py:smoke', f'--out={out}',
+         f'--config.data.data_dir={tmp_path / "photos"}', '--config.model.num_classes=2',
+         '--config.model.resolutions=(16, 12)', '--config.model.width=0.0625',
+         '--config.data.batch_size=8', '--config.data.eval_batch_size=8',
+         '--config.train_subset=0', '--config.val_subset=0', '--config.compilation_cache_dir=',
+         '--config.seeds.inets=(0,)', '--config.seeds.shared_bn=()',
+         '--config.seeds.private_bn=()', '--config.seeds.ens=()', '--config.seeds.ens_topdown=(0, 1)']
+  env = {**os.environ, 'PYTHONPATH': ROOT}
+  first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  result = json.loads((out / 'results.json').read_text())
+  assert result['train_count'] == 16 and result['val_count'] == 16
+  assert set(result['tables']) == {'inets', 'inet_largest', 'ens_topdown'}
+  assert result['tables']['ens_topdown']['seeds'] == [0, 1]
+  cross = next(r for r in result['runs'] if r['row'] == 'inet_largest')['accuracies']
+  assert {'top1/16', 'top1/12'} <= set(cross)  # the I-16 network at both sizes
+  assert (out / 'results.md').read_text().startswith('# Imagenette')
+  # Each training is a product run: checkpoints, TensorBoard and the loop's own reports.
+  for run_dir in ('inet_16/seed0', 'inet_12/seed0', 'ens_topdown/seed0', 'ens_topdown/seed1'):
+    workdir = out / 'runs' / run_dir
+    assert (workdir / 'checkpoints').is_dir() and (workdir / 'tensorboard').is_dir(), run_dir
+    assert json.loads((workdir / 'results.json').read_text())['count'] == 16
+  assert 'step 2/2' in first.stderr  # the loop's progress line: 16 images, batch 8, 1 epoch
+
+  # The same command again finds every run finished: nothing trains, the table is the same.
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'step 1/2' not in again.stderr and again.stderr.count('already holds the final step') == 4
+  rerun = json.loads((out / 'results.json').read_text())
+  assert rerun['tables'] == result['tables']

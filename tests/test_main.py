@@ -10,14 +10,18 @@ import numpy as np
 import jax
 
 import rsnets_jax
+import rsnets_jax.cli
+import rsnets_jax.errors
+
+from helpers import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small but complete run: five resolutions, generated data, evaluation, checkpoints, reports.
-SMALL = ['--config.synthetic_train_size=512', '--config.synthetic_val_size=96',
-         '--config.batch_size=32', '--config.eval_batch_size=64', '--config.log_every_steps=2']
+SMALL = config_flags(synthetic_train_size=512, synthetic_val_size=96, batch_size=32,
+                     eval_batch_size=64, log_every_steps=2)
 
 
-def main(workdir, *flags, config='configs/default.py', cache=None, wait=True):
+def main(workdir, *flags, config='configs/synthetic_demo.py', cache=None, wait=True):
   env = {**os.environ, 'PYTHONPATH': ROOT}
   if cache:  # later runs of the same program skip XLA compilation
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
@@ -51,10 +55,9 @@ def test_default_command_end_to_end(tmp_path):
   assert [r['top1'] for r in again['rows']] == [r['top1'] for r in results['rows']]
 
 
-RESUME = SMALL + ['--config.resolutions=(24, 16)', '--config.width=0.125',
-                  '--config.synthetic_image_size=24', '--config.max_steps=12',
-                  '--config.checkpoint_every_steps=3', '--config.eval_every_epochs=0',
-                  '--config.log_every_steps=1']
+RESUME = SMALL + config_flags(resolutions='(24, 16)', width=0.125, synthetic_image_size=24,
+                              max_steps=12, checkpoint_every_steps=3, eval_every_epochs=0,
+                              log_every_steps=1)
 
 
 def committed_steps(workdir):
@@ -105,7 +108,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  code, out = main(tmp_path, *RESUME, '--config.learning_rate=1e30')
+  code, out = main(tmp_path, *RESUME, '--config.optim.learning_rate=1e30')
   assert code != 0
   assert 'loss is' in out and 'untouched' in out
   last = out.strip().splitlines()[-1]
@@ -113,15 +116,74 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_unknown_config_key_is_one_clear_error(tmp_path):
-  code, out = main(tmp_path, '--config.batch_sise=64')
+  code, out = main(tmp_path, '--config.data.batch_sise=64')
   assert code != 0
   assert 'batch_sise' in out
   assert 'Traceback' not in out
 
 
 def test_wrong_data_path_is_one_clear_error(tmp_path):
-  code, out = main(tmp_path, f'--config.data_dir={tmp_path}/nowhere', config='configs/imagenette.py')
+  code, out = main(tmp_path, f'--config.data.data_dir={tmp_path}/nowhere', config='configs/imagenette.py')
   assert code == 1
   lines = [l for l in out.strip().splitlines() if l.strip()]
   assert lines[-1].startswith('error:') and 'nowhere' in lines[-1], out
   assert 'Traceback' not in out
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+  """Only errors a user can cause are one line; anything else is a bug and shows where it is."""
+  program = ('import sys\n'
+             'from absl import app\n'
+             'from rsnets_jax import cli, loop, main\n'
+             'def broken(*args, **kwargs):\n'
+             '  raise ValueError("a bug, not a user error")\n'
+             'loop.train_and_evaluate = broken\n'
+             'app.run(main.main, flags_parser=cli.parse_absl_flags)\n')
+  proc = subprocess.run([sys.executable, '-c', program, '--config=configs/synthetic_demo.py',
+                         f'--workdir={tmp_path}'], cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT},
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'Traceback' in proc.stderr and 'in broken' in proc.stderr
+  assert 'ValueError: a bug, not a user error' in proc.stderr
+
+
+def test_user_errors_are_one_line_and_status_1(capsys):
+  def body():
+    raise rsnets_jax.errors.DataError('no images in /x')
+  assert rsnets_jax.cli.run_command(body, prog='tool') == 1
+  assert capsys.readouterr().err == 'tool: error: no images in /x\n'
+  assert rsnets_jax.cli.run_command(lambda: None) == 0
+
+
+# A work directory written by the first release (checkpoint format 1: kernels at .../conv/kernel),
+# 3 steps of `configs/default.py` (today's synthetic_demo.py) with these fields; and the logits of
+# its latest checkpoint on fixed inputs, computed by that release.
+FORMAT1_RUN = os.path.join(ROOT, 'tests', 'data', 'v1_run')
+FORMAT1_FLAGS = config_flags(
+    width=0.0625, resolutions='(16, 12)', synthetic_train_size=64, synthetic_val_size=32,
+    synthetic_image_size=16, batch_size=16, eval_batch_size=32, checkpoint_keep=1,
+    checkpoint_every_steps=1, log_every_steps=1)
+
+
+def test_format1_checkpoints_load_with_the_same_logits():
+  net, params, stats = rsnets_jax.load(FORMAT1_RUN)
+  assert net.resolutions == (16, 12) and net.width == 0.0625
+  assert set(params['conv1']) == {'kernel'}  # today's layout
+  expected = np.load(os.path.join(FORMAT1_RUN, 'expected_logits.npz'))
+  for res in net.resolutions:
+    logits = net.apply(params, stats[res], expected[f'x{res}'])
+    np.testing.assert_allclose(logits, expected[f'logits{res}'], rtol=1e-5, atol=1e-6)
+
+
+def test_a_format1_run_resumes(tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copytree(os.path.join(FORMAT1_RUN, 'checkpoints'), tmp_path / 'checkpoints')
+  code, out = main(tmp_path, *FORMAT1_FLAGS, '--config.max_steps=5')
+  assert code == 0, out[-3000:]
+  assert 'resumed from step 3' in out and 'step 5/5' in out
+  assert committed_steps(tmp_path)[-1] == 5
+  net, params, _ = rsnets_jax.load(tmp_path)
+  _, old_params, _ = rsnets_jax.load(FORMAT1_RUN)
+  assert not np.allclose(params['conv1']['kernel'], old_params['conv1']['kernel'])  # it trained on
+  meta = json.loads((tmp_path / 'checkpoints' / '5' / 'meta' / 'metadata').read_text())
+  assert meta['format'] == 2 and meta['model']['resolutions'] == [16, 12]

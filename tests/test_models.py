@@ -51,7 +51,7 @@ def test_init_is_reproducible_and_matches_reference_init(tiny):
   chex_equal = jax.tree.map(np.array_equal, params, params2)
   assert all(jax.tree.leaves(chex_equal))
   # Kaiming normal, fan_out: std sqrt(2 / (k * k * out)); BN scale 1, bias 0; alpha ones.
-  k = np.asarray(params['layer3_0']['conv1']['conv']['kernel'])
+  k = np.asarray(params['layer3_0']['conv1']['kernel'])
   assert abs(k.std() - np.sqrt(2 / (9 * k.shape[-1]))) < 0.1 * np.sqrt(2 / (9 * k.shape[-1]))
   bn = params['layer1_0']['bn2']
   assert set(bn) == {f'{n}_{r}' for n in ('scale', 'bias') for r in (32, 24, 16)}

@@ -13,28 +13,28 @@ import numpy as np
 import pytest
 
 import rsnets_jax
-from rsnets_jax import add_resolutions, checkpoint, data, evaluate, preprocess, recalibrate, train
-from rsnets_jax.network import RESOLUTION_KEY
+from rsnets_jax import add_resolutions, checkpoint, data, evaluate, preprocess, recalibrate, steps
+from rsnets_jax.network import RESOLUTION_KEY, RSNet
+
+from helpers import config_flags, override
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINED = (32, 16)
 ADDED = 24  # halfway: the tie goes to 32
 BATCH = 16
 NUM_IMAGES = 40  # whole batches until 40 images: the first 3 of the 4 below
-# The run the command is given, on a small generated data set (configs/default.py plus these).
+# The run the command is given, on a small generated data set (configs/synthetic_demo.py plus these).
 OVERRIDES = {'resolutions': TRAINED, 'width': 0.125, 'synthetic_image_size': 32,
              'synthetic_train_size': 256, 'synthetic_val_size': 64, 'batch_size': BATCH,
              'eval_batch_size': 64}
 
 
 def small_config():
-  spec = importlib.util.spec_from_file_location('default_config',
-                                                os.path.join(ROOT, 'configs', 'default.py'))
+  spec = importlib.util.spec_from_file_location(
+      'synthetic_demo', os.path.join(ROOT, 'configs', 'synthetic_demo.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update(OVERRIDES)
-  return config
+  return override(module.get_config(), **OVERRIDES)
 
 
 def bn_dicts(params):
@@ -60,7 +60,7 @@ def untagged(stats):
 def trained():
   """A tiny RS-ResNet-18 whose BatchNorms differ per resolution, as after training."""
   config = small_config()
-  net = train.create_network(config)
+  net = RSNet(**config.model)
   params, stats = net.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   params = jax.tree.map(np.asarray, params)
@@ -92,7 +92,7 @@ def added(trained, crops):
 
 def test_statistics_are_the_average_of_batch_statistics(added, crops):
   net, params, stats = added
-  kernel = params['conv1']['conv']['kernel']
+  kernel = params['conv1']['kernel']
 
   def first_bn_moments(batch):
     x = preprocess.to_float(preprocess.resize(jnp.asarray(batch, jnp.float32), ADDED))
@@ -186,6 +186,25 @@ def test_checkpoint_round_trip(added, tmp_path, monkeypatch):
   assert checkpoint.network_from_meta(meta).all_resolutions == TRAINED
 
 
+def test_reuse_batchnorm_runs_another_size_with_one_resolutions_batchnorm(trained, crops):
+  """The paper's I-224 column: a network fed a size it was not trained at, with the BatchNorm of
+  a training resolution as it is (affine and statistics), gives exactly the module's output with
+  that BatchNorm on the other size."""
+  net, params, stats = trained
+  net2, params2, stats2 = rsnets_jax.reuse_batchnorm(net, params, stats, 20, source=16)
+  assert net2.extra_resolutions == (20,)
+  x = preprocess.to_float(preprocess.resize(jnp.asarray(crops[0], jnp.float32), 20))
+  want = net.module.apply({'params': params, 'batch_stats': untagged(stats[16])}, x,
+                          resolution=16)
+  np.testing.assert_allclose(net2.apply(params2, stats2[20], x), want, rtol=1e-6, atol=1e-6)
+  for bn in bn_dicts(params2).values():
+    np.testing.assert_array_equal(bn['scale_20'], bn['scale_16'])
+  assert int(stats2[20][RESOLUTION_KEY]) == 20
+  # The default source is the nearest training resolution.
+  net3, _, stats3 = rsnets_jax.reuse_batchnorm(net, params, stats, 30)
+  np.testing.assert_array_equal(stats3[30]['bn1']['var'], stats[32]['bn1']['var'])
+
+
 def test_results_table_marks_added_resolutions(added):
   net2, _, _ = added
   accuracies = {'count': 64, 'top1/ensemble': 60.0, 'top5/ensemble': 90.0}
@@ -268,8 +287,8 @@ def test_matches_pytorch_recalibration(torch):
 
 
 def run_command(*flags):
-  cmd = [sys.executable, '-m', 'rsnets_jax.add_resolutions', '--config=configs/default.py',
-         *[f'--config.{k}={v}' for k, v in OVERRIDES.items()], *flags]
+  cmd = [sys.executable, '-m', 'rsnets_jax.add_resolutions', '--config=configs/synthetic_demo.py',
+         *config_flags(**OVERRIDES), *flags]
   proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT}, timeout=600,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   return proc.returncode, proc.stdout
@@ -279,11 +298,11 @@ def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
   # A work directory as training leaves it, written by the trainer's own checkpointer.
   net, params, stats = trained
   config = small_config()
-  tx, _ = train.create_optimizer(config, steps_per_epoch=16)
-  state = train.TrainState(step=jnp.int32(2), params=params, stats=stats, opt_state=tx.init(params))
+  tx, _ = steps.create_optimizer(config.optim, 16, 16)
+  state = steps.TrainState(step=jnp.int32(2), params=params, stats=stats, opt_state=tx.init(params))
   monkeypatch.chdir(tmp_path)
   ckpts = checkpoint.TrainCheckpoints('run', async_save=False)  # relative, as users write it
-  ckpts.save(state, {}, {'network': net.config(), 'config': config.to_dict()}, force=True)
+  ckpts.save(state, {}, checkpoint.model_meta(net, {'config': config.to_dict()}), force=True)
   ckpts.close()
   workdir = tmp_path / 'run'
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))

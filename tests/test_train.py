@@ -6,15 +6,17 @@ import optax
 import pytest
 
 import rsnets_jax
-from rsnets_jax import defaults, losses, train
+from rsnets_jax import defaults, losses, steps
+from rsnets_jax.network import RSNet
+
+from helpers import override
 
 
 def tiny_config(**overrides):
-  c = defaults.get_config()
-  c.arch, c.width, c.num_classes, c.resolutions = 'resnet18', 0.125, 4, (32, 16)
-  c.batch_size, c.num_epochs, c.learning_rate, c.weight_decay = 16, 1, 0.1, 1e-4
-  c.update(overrides)
-  return c
+  c = override(defaults.get_config(), arch='resnet18', width=0.125, num_classes=4,
+               resolutions=(32, 16), batch_size=16, num_epochs=1, learning_rate=0.1,
+               weight_decay=1e-4)
+  return override(c, **overrides)
 
 
 def learnable_batch(n, res, seed):
@@ -28,15 +30,19 @@ def learnable_batch(n, res, seed):
   return {'image': images, 'label': labels}
 
 
-def run_steps(config, devices, batches):
-  net = train.create_network(config)
-  tx, schedule = train.create_optimizer(config, steps_per_epoch=len(batches))
-  mesh = train.make_mesh(devices)
-  state = train.replicate(train.create_train_state(net, tx, jax.random.key(0)), mesh)
-  step = train.make_train_step(net, tx, schedule, config, mesh)
+def run_steps(config, devices, batches, seed=None):
+  """`seed` None: key 0 for both the weights and the steps, the draws this file's tolerances
+  were set on; else the keys of a run with that seed."""
+  net = RSNet(**config.model)
+  tx, _ = steps.create_optimizer(config.optim, len(batches), len(batches))
+  mesh = steps.make_mesh(devices)
+  init_key, step_key = ((jax.random.key(0),) * 2 if seed is None else steps.run_keys(seed))
+  state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
+  step = steps.make_train_step(net, config, len(batches), len(batches), mesh)
+  step_key = steps.replicate(step_key, mesh)
   history = []
   for batch in batches:
-    state, metrics = step(state, train.shard_batch(batch, mesh))
+    state, metrics = step(state, steps.shard_batch(batch, mesh), step_key)
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
 
@@ -59,11 +65,44 @@ def test_sharded_step_equals_single_device_step():
   assert not np.allclose(one.stats[16]['bn1']['mean'], 0)
 
 
+def test_one_compiled_step_serves_every_seed_and_the_key_decides_the_flips():
+  config = tiny_config()
+  batches = [learnable_batch(16, 32, seed) for seed in range(2)]
+  first, hist_first = run_steps(config, jax.devices(), batches, seed=0)
+  other, hist_other = run_steps(config, jax.devices(), batches, seed=1)
+  again, hist_again = run_steps(config, jax.devices(), batches, seed=0)
+  net, mesh = RSNet(**config.model), steps.make_mesh(jax.devices())
+  step = steps.make_train_step(net, config, len(batches), len(batches), mesh)
+  assert step._cache_size() == 1  # three runs, two seeds, one compilation
+  # Not a different recipe: a different distillation is another step.
+  assert steps.make_train_step(net, override(config.copy_and_resolve_references(),
+                                             distillation='none'), 2, 2, mesh) is not step
+  jax.tree.map(np.testing.assert_array_equal, first.params, again.params)
+  assert hist_first[-1]['loss'] == hist_again[-1]['loss']
+  assert hist_first[-1]['loss'] != hist_other[-1]['loss']
+
+
+def test_the_flips_come_from_the_key_folded_with_the_step():
+  """Same weights and batch, two step keys: the views (and so the loss) differ; the same key at
+  the same step gives the same loss, as a resumed run needs."""
+  config = tiny_config(distillation='none')
+  net, mesh = RSNet(**config.model), steps.make_mesh(jax.devices()[:1])
+  tx, _ = steps.create_optimizer(config.optim, 4, 4)
+  step = steps.make_train_step(net, config, 4, 4, mesh)
+  batch = steps.shard_batch(learnable_batch(16, 32, 0), mesh)
+  losses_by_key = []
+  for key in (1, 2, 1):
+    state = steps.replicate(steps.create_train_state(net, tx, jax.random.key(0)), mesh)
+    _, metrics = step(state, batch, steps.replicate(jax.random.key(key), mesh))
+    losses_by_key.append(float(metrics['loss']))
+  assert losses_by_key[0] == losses_by_key[2] != losses_by_key[1]
+
+
 def test_a_few_steps_lower_the_loss_at_every_resolution():
   config = tiny_config(resolutions=(32, 24, 16), learning_rate=0.03, batch_size=32)
   batches = [learnable_batch(32, 32, seed % 4) for seed in range(12)]
   _, history = run_steps(config, jax.devices(), batches)
-  for res in config.resolutions:
+  for res in config.model.resolutions:
     first = np.mean([h[f'ce/{res}'] for h in history[:3]])
     last = np.mean([h[f'ce/{res}'] for h in history[-3:]])
     assert last < 0.7 * first, (res, first, last)
@@ -124,15 +163,15 @@ def test_grouped_batchnorm_equals_separate_batches():
 
 def test_eval_step_counts_masked_batch_exactly():
   config = tiny_config()
-  net = train.create_network(config)
+  net = RSNet(**config.model)
   params, stats = net.init(jax.random.key(0))
-  mesh = train.make_mesh()
-  eval_step = train.make_eval_step(net, config, mesh)
+  mesh = steps.make_mesh()
+  eval_step = steps.make_eval_step(net, config.data, mesh)
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 4, 16).astype(np.int32)
   images = {r: rng.integers(0, 255, (16, r, r, 3)).astype(np.uint8) for r in (32, 16)}
   mask = np.arange(16) < 11
-  sums = jax.device_get(eval_step(params, stats, train.shard_batch(
+  sums = jax.device_get(eval_step(params, stats, steps.shard_batch(
       {'images': images, 'label': labels, 'mask': mask}, mesh)))
   assert sums['count'] == 11
   for r in (32, 16):

@@ -17,61 +17,60 @@ size:
   smoke  the cpu network on a class-balanced subset for one epoch: a few minutes, to check that the
          whole runner works end to end. Its numbers mean nothing.
 """
+import importlib.util
+import os
+
 import ml_collections
 
-from rsnets_jax import defaults
-
 VARIANTS = ('gpu', 'cpu', 'smoke')
+PRODUCT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'configs',
+                              'imagenette.py')
+
+
+def imagenette_recipe() -> ml_collections.ConfigDict:
+  """configs/imagenette.py: the product's Imagenette recipe (data, classes, optimiser, crops),
+  which every row of the comparison shares."""
+  spec = importlib.util.spec_from_file_location('imagenette_recipe', PRODUCT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r}; choose one of {VARIANTS}')
-  c = defaults.get_config()
+  c = imagenette_recipe()
   c.variant = variant
+  c.data.num_workers = 0        # the decoded images stay in this process
 
-  # Data: the folder tree beside the checkout, decoded once into memory.
-  c.dataset = 'folder'
-  c.data_dir = '../shared/datasets/imagenette-128'
-  c.num_classes = 10
+  # Each row is a run of the product's loop; these are its job settings.
+  c.log_every_steps = 50
+  c.eval_every_epochs = 0.0     # only at the end
+  c.checkpoint_every_steps = 200
+  c.checkpoint_keep = 1
+
+  # What the driver reads.
   c.train_subset = 0            # 0: every image; else a class-balanced subset of this many
   c.val_subset = 0
-  c.decode_threads = 0          # 0: one per CPU core
-
-  # The recipe, the same for every row (README.md gives the reasons).
-  c.arch = 'resnet18'
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.crop_min_area = 0.35
-  c.flip = 'per_resolution'
-  c.eval_batch_size = 256
-  c.seed = 0                    # the key of the step's flips (baked into the compiled step)
-
   # Rows and their seeds; a row with no seeds is skipped. 'inets' trains one network per
   # resolution; the largest of them is also tested at every other resolution.
   c.seeds = ml_collections.ConfigDict({'inets': (0, 1), 'shared_bn': (0,), 'private_bn': (0,),
                                        'ens': (0,), 'ens_topdown': (0, 1)})
-
   c.compilation_cache_dir = 'runs/jax_cache'  # '' turns the persistent cache off
 
-  if variant == 'gpu':
-    c.width = 1.0
-    c.resolutions = (128, 112, 96, 80, 64)
-    c.dtype = 'bfloat16'
+  if variant == 'gpu':  # the recipe's network and resolutions
+    c.model.dtype = 'bfloat16'
     c.num_epochs = 12
-    c.warmup_epochs = 1.0
-    c.eval_batch_size = 512
+    c.data.eval_batch_size = 512
   else:
-    c.width = 0.125
-    c.resolutions = (64, 56, 48, 40, 32)
-    c.dtype = 'float32'
+    c.model.width = 0.125
+    c.model.resolutions = (64, 56, 48, 40, 32)
+    c.data.read_threads = 2       # decoding, crops and eval views on this machine's cores
     c.num_epochs = 3
-    c.warmup_epochs = 0.5
+    c.optim.warmup_epochs = 0.5
   if variant == 'smoke':
     c.num_epochs = 1
-    c.warmup_epochs = 0.0
+    c.optim.warmup_epochs = 0.0
     c.train_subset = 512
     c.val_subset = 500
   return c

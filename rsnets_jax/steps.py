@@ -1,4 +1,5 @@
-"""The training state and the jitted, sharded steps: `train_step(state, batch) -> (state, metrics)`.
+"""The train state and the jitted, sharded steps: `train_step(state, batch, rng) -> (state, metrics)`
+and `eval_step(params, stats, batch) -> sums`.
 
 One `jax.jit` runs every resolution: the host sends uint8 crops at the largest resolution, the step
 makes each resolution's view on device, runs forward and backward through the shared weights with
@@ -6,9 +7,14 @@ each resolution's own BatchNorm, and applies the RS-Nets loss. The batch is spli
 'data' axis across every device of every host; the state is replicated. BatchNorm statistics are
 plain means over the batch axis, so under this sharding XLA computes them over the global batch
 (or over fixed groups of `bn_group_size` examples), with no axis names in the model.
+
+The randomness of a step (the flips) is `fold_in(rng, state.step)` of the key passed in, as
+big_vision's `update_fn(train_state, rng, batch)`: one compiled step serves every seed, and a
+resumed run draws exactly what an uninterrupted one would. Steps are cached by what they are
+compiled from, so a second run of the same network and recipe in one process compiles nothing.
 """
 import functools
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -19,6 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsnets_jax import losses, preprocess
+from rsnets_jax.errors import ConfigError
 from rsnets_jax.network import RESOLUTION_KEY, RSNet
 
 DATA_AXIS = 'data'
@@ -32,36 +39,38 @@ class TrainState:
   opt_state: Any
 
 
-# -- model, optimiser and state from a config -------------------------------------------------------
+# -- optimiser and state --------------------------------------------------------------------------
 
-def create_network(config: ml_collections.ConfigDict) -> RSNet:
-  return RSNet(arch=config.arch, resolutions=tuple(config.resolutions),
-               num_classes=config.num_classes, width=config.width, shared_bn=config.shared_bn,
-               bn_group_size=config.bn_group_size, dtype=config.dtype)
-
-
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """Per-step cosine decay to zero, after an optional linear warm-up (the reference has none)."""
-  total = max(int(config.num_epochs * steps_per_epoch), 1)
-  warmup = int(config.warmup_epochs * steps_per_epoch)
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Per-step cosine decay to zero over `total_steps`, after an optional linear warm-up of
+  `optim.warmup_epochs` (the reference has none)."""
+  total = max(int(total_steps), 1)
+  warmup = int(optim.warmup_epochs * steps_per_epoch)
   if warmup:
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, 0.0)
-  return optax.cosine_decay_schedule(config.learning_rate, total)
+    return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, total, 0.0)
+  return optax.cosine_decay_schedule(optim.learning_rate, total)
 
 
-def create_optimizer(config, steps_per_epoch: int):
+def create_optimizer(optim: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
   """SGD as the reference: weight decay added to the gradient of every parameter (BatchNorm and
   alpha included), then momentum without dampening, no Nesterov unless the config asks.
   Returns the optimiser and its learning-rate schedule."""
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                   optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+  schedule = learning_rate_schedule(optim, total_steps, steps_per_epoch)
+  tx = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                   optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
   return tx, schedule
 
 
 def create_train_state(net: RSNet, tx: optax.GradientTransformation, key) -> TrainState:
   params, stats = net.init(key)
   return TrainState(step=jnp.int32(0), params=params, stats=stats, opt_state=tx.init(params))
+
+
+def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
+  """`(init_key, step_key)` of a run: the initial weights and the steps' randomness."""
+  init_key, step_key = jax.random.split(jax.random.key(seed))
+  return init_key, step_key
 
 
 # -- sharding -------------------------------------------------------------------------------------
@@ -87,7 +96,17 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """`tree`, the same on every process, as arrays replicated over the mesh."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
+      # device_put cannot place a key array on devices of other processes; its raw data it can.
+      return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), sharding),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)
 
 
 # -- the steps ------------------------------------------------------------------------------------
@@ -117,10 +136,10 @@ def compute_train_loss(params, stats, views, labels, net: RSNet, distillation: s
   return loss, (new_stats, parts, logits)
 
 
-def input_normalisation(config):
-  """`(mean, std)` of the config, or `(None, None)` for the reference's plain [0, 1] input."""
+def input_normalisation(data: ml_collections.ConfigDict):
+  """`(mean, std)` of the data config, or `(None, None)` for the reference's plain [0, 1] input."""
   as_tuple = lambda v: tuple(v) if v is not None else None
-  return as_tuple(config.input_mean), as_tuple(config.input_std)
+  return as_tuple(data.input_mean), as_tuple(data.input_std)
 
 
 def top_k_correct(logits, labels, k: int):
@@ -128,20 +147,40 @@ def top_k_correct(logits, labels, k: int):
   return jnp.any(topk == labels[:, None], axis=-1)
 
 
-def make_train_step(net: RSNet, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config, mesh: Mesh):
-  """The jitted `(state, batch) -> (state, metrics)`; `batch` = {'image': uint8 (N, R, R, 3) at the
-  largest resolution R, 'label': int32 (N,)}, split over the mesh's data axis."""
-  base_key = jax.random.key(config.seed)
-  mean, std = input_normalisation(config)
+def _frozen(section: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  return ml_collections.FrozenConfigDict(section)
 
-  def train_step(state: TrainState, batch):
-    key = jax.random.fold_in(base_key, state.step)
-    views = preprocess.train_views(batch['image'], net.resolutions, key, config.flip, mean, std)
+
+def make_train_step(net: RSNet, config: ml_collections.ConfigDict, total_steps: int,
+                    steps_per_epoch: int, mesh: Mesh):
+  """The jitted `(state, batch, rng) -> (state, metrics)` of `config`'s recipe (optim,
+  distillation, flips, input scaling), with `total_steps` in its learning-rate schedule.
+  `batch` = {'image': uint8 (N, R, R, 3) at the largest resolution R, 'label': int32 (N,)}, split
+  over the mesh's data axis; `rng` a replicated key (the run's step key)."""
+  if config.distillation not in losses.DISTILLATION:
+    raise ConfigError(f'distillation must be one of {losses.DISTILLATION}, got '
+                      f'{config.distillation!r}')
+  if config.data.flip not in preprocess.FLIPS:
+    raise ConfigError(f'data.flip must be one of {preprocess.FLIPS}, got {config.data.flip!r}')
+  mean, std = input_normalisation(config.data)
+  if (mean is None) != (std is None):
+    raise ConfigError('give both data.input_mean and data.input_std, or neither')
+  return _train_step(net, _frozen(config.optim), config.distillation, config.data.flip, mean, std,
+                     int(total_steps), int(steps_per_epoch), mesh)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step(net: RSNet, optim, distillation: str, flip: str, mean, std, total_steps: int,
+                steps_per_epoch: int, mesh: Mesh):
+  tx, schedule = create_optimizer(optim, total_steps, steps_per_epoch)
+
+  def train_step(state: TrainState, batch, rng):
+    key = jax.random.fold_in(rng, state.step)
+    views = preprocess.train_views(batch['image'], net.resolutions, key, flip, mean, std)
     labels = batch['label']
     grad_fn = jax.value_and_grad(compute_train_loss, has_aux=True)
     (loss, (new_stats, parts, logits)), grads = grad_fn(
-        state.params, state.stats, views, labels, net, config.distillation)
+        state.params, state.stats, views, labels, net, distillation)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'ens_ce': parts['ens_ce'], 'kd': parts['kd'],
@@ -155,18 +194,24 @@ def make_train_step(net: RSNet, tx: optax.GradientTransformation, schedule: opta
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+  return jax.jit(train_step,
+                 in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
 
-def make_eval_step(net: RSNet, config, mesh: Mesh):
+def make_eval_step(net: RSNet, data: ml_collections.ConfigDict, mesh: Mesh):
   """The jitted `(params, stats, batch) -> sums`; `batch` = {'images': {res: uint8 (N, res, res, 3)},
   'label': int32 (N,), 'mask': bool (N,)} where padding rows have mask False and count for nothing.
 
   Returns the number of correct top-1 and top-5 predictions per resolution and, when every training
   resolution is present, for the alpha-weighted ensemble of their logits; and the number of images.
   """
-  mean, std = input_normalisation(config)
+  mean, std = input_normalisation(data)
+  return _eval_step(net, mean, std, mesh)
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_step(net: RSNet, mean: Optional[tuple], std: Optional[tuple], mesh: Mesh):
   k = min(5, net.num_classes)
 
   def eval_step(params, stats, batch):

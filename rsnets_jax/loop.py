@@ -1,29 +1,29 @@
-"""The training job, top to bottom: mesh, input, model, checkpoints, loop, evaluation, reports.
+"""The training loop, top to bottom: mesh, input, model, checkpoints, loop, evaluation, reports.
 
-Runs unchanged on one CPU, one GPU, a multi-GPU host or a multi-host TPU pod: the batch is split
-over every device of every host, each process reads its own part of the data, and only process 0
-writes logs, summaries and reports. A run resumes by itself from its work directory, and on
-SIGTERM (or a TPU preemption notice) it saves a checkpoint and exits cleanly.
+The only loop in the project: `main` runs it on the config's data, and experiments run it on
+iterators they build themselves (`train_and_evaluate(config, workdir, train_iter, eval_batches,
+steps_per_epoch)`), so every run gets resume, the non-finite-loss stop, checkpoints, TensorBoard
+and the reports. Runs unchanged on one CPU, one GPU, a multi-GPU host or a multi-host TPU pod: the
+batch is split over every device of every host, each process reads its own part of the data, and
+only process 0 writes logs, summaries and reports. A run resumes by itself from its work
+directory, and on SIGTERM (or a TPU preemption notice) it saves a checkpoint and stops.
 """
 import logging
 import math
 import os
 import signal
-import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from rsnets_jax import checkpoint, data, evaluate, train
+from rsnets_jax import checkpoint, data, evaluate, steps
+from rsnets_jax.errors import ConfigError, TrainingError
+from rsnets_jax.network import RSNet
 
 log = logging.getLogger('rsnets_jax')
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (e.g. a non-finite loss); the message is one line."""
 
 
 # -- summaries (process 0 only) --------------------------------------------------------------------
@@ -86,61 +86,88 @@ class Preemption:
       signal.signal(sig, handler)
 
 
-# -- the job ---------------------------------------------------------------------------------------
+# -- evaluation and reports -------------------------------------------------------------------------
 
-def run_eval(config, net, params, stats, eval_step, mesh) -> Dict[str, float]:
-  """Accuracies at every resolution of `net`, trained and added; `skipped`: unreadable images."""
-  batches = data.eval_batches(config, net.all_resolutions)
-  accuracies = evaluate.evaluate(eval_step, params, stats, batches,
-                                 lambda b: train.shard_batch(b, mesh))
+def run_eval(config, net: RSNet, params, stats, mesh, batches: Optional[Iterable] = None
+             ) -> Dict[str, float]:
+  """Accuracies at every resolution of `net`, trained and added, over `batches` (default: the
+  config's validation set); a batch may hold more resolutions than `net`, which are not used.
+  `skipped` counts unreadable images."""
+  batches = data.eval_batches(config, net.all_resolutions) if batches is None else batches
+  eval_step = steps.make_eval_step(net, config.data, mesh)
+
+  def shard(batch):
+    batch = {**batch, 'images': {r: batch['images'][r] for r in net.all_resolutions}}
+    return steps.shard_batch(batch, mesh)
+
+  accuracies = evaluate.evaluate(eval_step, params, stats, batches, shard)
   accuracies['skipped'] = getattr(batches, 'skipped', 0)
   return accuracies
 
 
 def report(workdir, config, net, accuracies, when: str, extra: Dict[str, Any]):
   table = evaluate.results_table(net, accuracies, net.all_resolutions, trained=net.resolutions)
-  title = f'RS-{net.arch} on {config.dataset}, {when}'
+  title = f'RS-{net.arch} on {config.data.dataset}, {when}'
   evaluate.write_reports(workdir, table, {**extra, 'skipped_images': accuracies.get('skipped', 0)},
                          title)
   if jax.process_index() == 0:
     log.info('evaluation, %s:\n%s', when, evaluate.markdown(table))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
-  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes reports."""
+# -- the job ---------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       train_iter: Optional[Iterator[Dict[str, Any]]] = None,
+                       eval_batches: Optional[Iterable[Dict[str, Any]]] = None,
+                       steps_per_epoch: Optional[int] = None) -> Dict[str, float]:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes reports.
+
+  By default the input comes from `config.data`. A caller may pass its own `train_iter` (this
+  process's batches, as `data.train_iterator` yields them; its position is checkpointed when it
+  has `get_state`/`set_state`) with the `steps_per_epoch` it makes, and `eval_batches` (iterable
+  once per evaluation, as `data.eval_batches`). Returns the final evaluation's accuracies, or {}
+  when the run stopped early on a preemption request.
+  """
   # -- mesh --
-  mesh = train.make_mesh()
-  if config.batch_size % jax.device_count():
-    raise TrainingError(f'batch_size {config.batch_size} is not a multiple of the '
-                        f'{jax.device_count()} devices')
+  mesh = steps.make_mesh()
+  batch_size = config.data.batch_size
+  if batch_size % jax.device_count():
+    raise ConfigError(f'data.batch_size {batch_size} is not a multiple of the '
+                      f'{jax.device_count()} devices')
 
   # -- input --
-  num_train = data.num_train_examples(config)
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise TrainingError(f'batch_size {config.batch_size} exceeds the {num_train} training images')
+  owns_input = train_iter is None
+  if owns_input:
+    num_train = data.num_train_examples(config)
+    steps_per_epoch = num_train // batch_size
+    if steps_per_epoch == 0:
+      raise ConfigError(f'data.batch_size {batch_size} exceeds the {num_train} training images')
+    train_iter = data.train_iterator(config)
+  elif not steps_per_epoch:
+    raise ValueError('a train_iter needs the steps_per_epoch it makes')
   total_steps = config.max_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
-  train_iter = data.train_iterator(config)
+  schedule_steps = int(config.num_epochs * steps_per_epoch)
 
-  # -- model and optimiser --
-  net = train.create_network(config)
-  tx, schedule = train.create_optimizer(config, steps_per_epoch)
-  state = train.replicate(train.create_train_state(net, tx, jax.random.key(config.seed)), mesh)
-  train_step = train.make_train_step(net, tx, schedule, config, mesh)
-  eval_step = train.make_eval_step(net, config, mesh)
+  # -- model, optimiser and steps --
+  net = RSNet(**config.model)
+  init_key, step_key = steps.run_keys(config.seed)
+  tx, _ = steps.create_optimizer(config.optim, schedule_steps, steps_per_epoch)
+  state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
+  step_key = steps.replicate(step_key, mesh)
+  train_step = steps.make_train_step(net, config, schedule_steps, steps_per_epoch, mesh)
 
   # -- checkpoints: resume where the last run stopped --
   best_metric = f'top1/{max(net.resolutions)}'
   ckpts = checkpoint.TrainCheckpoints(workdir, keep=config.checkpoint_keep, best_metric=best_metric)
-  meta = {'network': net.config(), 'config': config.to_dict()}
+  meta = checkpoint.model_meta(net, {'config': config.to_dict()})
   if ckpts.latest_step() is not None:
     state, data_state = ckpts.restore(state)
-    train_iter.set_state(data_state)
+    if data_state is not None and hasattr(train_iter, 'set_state'):
+      train_iter.set_state(data_state)
+    else:
+      log.warning('the input cannot restore its position: the data order restarts')
     log.info('resumed from step %d in %s', int(state.step), ckpts.directory)
   start = int(jax.device_get(state.step))
-  if start >= total_steps:
-    log.info('%s already holds the final step %d; use --config.mode=eval to evaluate it',
-             ckpts.directory, start)
 
   # -- loop --
   summaries = Summaries(workdir)
@@ -162,19 +189,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       return
     if last_metrics is not None:
       check_finite(jax.device_get(last_metrics), step)
-    ckpts.save(state, train_iter.get_state(), meta, metrics=metrics, force=force)
+    data_state = train_iter.get_state() if hasattr(train_iter, 'get_state') else None
+    ckpts.save(state, data_state, meta, metrics=metrics, force=force)
+
+  def evaluate_and_report(step):
+    result = run_eval(config, net, state.params, state.stats, mesh, eval_batches)
+    summaries.scalars(step, {f'eval/{k}': v for k, v in result.items()})
+    epoch = step / steps_per_epoch
+    report(workdir, config, net, result, f'step {step} (epoch {epoch:.1f})',
+           {'step': step, 'epoch': epoch})
+    return result
 
   try:
+    if start >= total_steps:
+      log.info('%s already holds the final step %d: evaluating it', ckpts.directory, start)
+      accuracies = evaluate_and_report(start)
     for step in range(start + 1, total_steps + 1):
       batch = next(train_iter)
-      state, last_metrics = train_step(state, train.shard_batch(batch, mesh))
+      state, last_metrics = train_step(state, steps.shard_batch(batch, mesh), step_key)
 
       if step % config.log_every_steps == 0 or step == total_steps:
         metrics = jax.device_get(last_metrics)
         check_finite(metrics, step)
         now = time.time()
-        img_per_s = (step - timer_step) * config.batch_size / max(now - timer, 1e-9)
-        eta = (total_steps - step) * config.batch_size / max(img_per_s, 1e-9)
+        img_per_s = (step - timer_step) * batch_size / max(now - timer, 1e-9)
+        eta = (total_steps - step) * batch_size / max(img_per_s, 1e-9)
         timer, timer_step = now, step
         if jax.process_index() == 0:
           log.info(progress_line(step, total_steps, steps_per_epoch, metrics, net.resolutions,
@@ -184,11 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         summaries.scalars(step, {f'train/{k}': v for k, v in scalars.items()})
 
       if (eval_every and step % eval_every == 0) or step == total_steps:
-        accuracies = run_eval(config, net, state.params, state.stats, eval_step, mesh)
-        summaries.scalars(step, {f'eval/{k}': v for k, v in accuracies.items()})
-        epoch = step / steps_per_epoch
-        report(workdir, config, net, accuracies, f'step {step} (epoch {epoch:.1f})',
-               {'step': step, 'epoch': epoch})
+        accuracies = evaluate_and_report(step)
         save(step, metrics={k: v for k, v in accuracies.items() if k.startswith('top')},
              force=True)
       elif step % config.checkpoint_every_steps == 0:
@@ -199,21 +234,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         ckpts.wait()
         log.warning('stopped at step %d after a preemption request; rerun the same command '
                     'to resume', step)
+        accuracies = {}
         break
   finally:
     ckpts.close()
     summaries.close()
     preemption.restore()
+    if owns_input and hasattr(train_iter, 'close'):
+      train_iter.close()  # stops the loader's worker processes
   return accuracies
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
   """Evaluates the latest (or `config.eval_checkpoint`: 'best') checkpoint of `workdir`."""
-  mesh = train.make_mesh()
+  mesh = steps.make_mesh()
   net, params, stats = checkpoint.load(workdir, which=config.eval_checkpoint)
-  eval_step = train.make_eval_step(net, config, mesh)
-  params, stats = train.replicate((params, stats), mesh)
-  accuracies = run_eval(config, net, params, stats, eval_step, mesh)
+  params, stats = steps.replicate((params, stats), mesh)
+  accuracies = run_eval(config, net, params, stats, mesh)
   report(workdir, config, net, accuracies, f'{config.eval_checkpoint} checkpoint',
          {'checkpoint': config.eval_checkpoint})
   return accuracies

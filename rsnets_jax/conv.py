@@ -1,0 +1,132 @@
+"""Bias-free 2-D convolution with PyTorch's symmetric padding, lowered to matmuls where XLA's CPU
+backend is slow.
+
+XLA's CPU convolution is pathologically slow on tiny feature maps: forward+backward of a 3x3
+convolution with a 2x2 output, 512 channels, batch 16 takes 185 ms, against 3.6 ms as patches and
+one matmul (1x1 output: 10.5 against 0.35 ms). Depthwise convolutions are 5 to 50 times slower than
+a sum of shifted views, and 1x1 and strided convolutions are slower than a matmul. On large maps
+the native convolution wins instead, because the patch matrix is k*k times the input and every
+fresh buffer costs page faults on CPU. `use_matmul` holds the rule; experiments/cpu_conv.py
+measures it. On GPU and TPU the native convolution is always used.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ('auto', 'native', 'matmul')
+
+
+def output_size(size: int, kernel: int, stride: int) -> int:
+  pad = (kernel - 1) // 2
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def use_matmul(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
+               groups: int) -> bool:
+  """Whether `conv2d(impl='auto')` uses the matmul lowering for this layer.
+
+  On CPU: always for depthwise and 1x1 convolutions; for larger kernels when the output has at
+  most 4 positions, and otherwise when stride 1 has an output area below Cin / 8 or a strided
+  convolution has at least 128 input channels. Everything else (large maps, the stem on RGB) is
+  native. Other grouped convolutions were not measured and stay native.
+  """
+  if backend != 'cpu':
+    return False
+  k, cin = kernel_shape[0], x_shape[-1]
+  if groups > 1:
+    return groups == cin == kernel_shape[-1]
+  if k == 1:
+    return True
+  area = output_size(x_shape[1], k, stride) * output_size(x_shape[2], k, stride)
+  if area <= 4:
+    return True
+  if stride == 1:
+    return 8 * area < cin
+  return cin >= 128
+
+
+def _sees_data(offset: int, stride: int, out: int, pad: int, size: int) -> bool:
+  return any(pad <= offset + stride * o < pad + size for o in range(out))
+
+
+def _matmul_conv(x, kernel, stride: int, groups: int):
+  """float32 result of the convolution as a sum over shifted views of the padded input."""
+  k = kernel.shape[0]
+  n, h, w, cin = x.shape
+  cout = kernel.shape[-1]
+  pad = (k - 1) // 2
+  ho, wo = output_size(h, k, stride), output_size(w, k, stride)
+  # A tap that reads padding only contributes zero: on a 1x1 map a 3x3 kernel is its centre.
+  rows = [i for i in range(k) if _sees_data(i, stride, ho, pad, h)]
+  cols = [j for j in range(k) if _sees_data(j, stride, wo, pad, w)]
+  taps = len(rows) * len(cols)
+  # float32 throughout: XLA CPU has no fast bfloat16 kernels for the backward matmuls.
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  views = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
+                                        cin), (1, stride, stride, 1))
+           for i in rows for j in cols]
+  kernel = kernel.astype(jnp.float32)
+  if taps < k * k:
+    kernel = jnp.stack([kernel[i, j] for i in rows for j in cols])
+  kernel = kernel.reshape(taps, cin // groups, cout)
+  if groups > 1 and groups == cin == cout:
+    out = views[0] * kernel[0, 0]
+    for t in range(1, taps):
+      out = out + views[t] * kernel[t, 0]
+    return out
+  patches = jnp.concatenate(views, axis=-1) if taps > 1 else views[0]
+  if groups == 1:
+    return lax.dot_general(patches, kernel.reshape(taps * cin, cout), (((3,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  cg, og = cin // groups, cout // groups
+  patches = patches.reshape((n, ho, wo, taps, groups, cg))
+  kernel = kernel.reshape(taps, cg, groups, og)
+  out = lax.dot_general(patches, kernel, (((3, 5), (0, 1)), ((4,), (2,))),
+                        preferred_element_type=jnp.float32)  # (groups, n, ho, wo, og)
+  return jnp.moveaxis(out, 0, 3).reshape((n, ho, wo, cout))
+
+
+def conv2d(x, kernel, stride: int = 1, groups: int = 1, impl: str = 'auto', dtype: Any = None):
+  """NHWC `x` convolved with the HWIO `kernel` (k, k, Cin // groups, Cout), zero padding
+  (k - 1) // 2 on every side, no bias; `x` and `kernel` are cast to `dtype` (default x's), which
+  the result has, as `nn.Conv(dtype=dtype)`. `impl`: 'native' (lax.conv_general_dilated),
+  'matmul' (the lowering, accumulating in float32) or 'auto' (`use_matmul` chooses)."""
+  if impl not in IMPLS:
+    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+  k = kernel.shape[0]
+  if kernel.shape[1] != k or x.shape[-1] != kernel.shape[2] * groups or kernel.shape[3] % groups:
+    raise ValueError(f'kernel {kernel.shape} does not fit input {x.shape} with groups={groups}')
+  dtype = x.dtype if dtype is None else dtype
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  if impl == 'auto':
+    impl = 'matmul' if use_matmul(jax.default_backend(), x.shape, kernel.shape, stride,
+                                  groups) else 'native'
+  if impl == 'matmul':
+    return _matmul_conv(x, kernel, stride, groups).astype(dtype)
+  pad = (k - 1) // 2
+  return lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=groups)
+
+
+class Conv(nn.Module):
+  """`nn.Conv(features, (k, k), (s, s), padding=((p, p), (p, p)), feature_group_count=g,
+  use_bias=False, dtype=dtype)` with p = (k - 1) // 2: the same float32 'kernel' parameter (HWIO)
+  and the same result, computed by `conv2d`."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  feature_group_count: int = 1
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    k, groups = self.kernel_size, self.feature_group_count
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1] // groups, self.features),
+                        jnp.float32)
+    return conv2d(x, kernel, self.strides, groups, self.impl, self.dtype)
