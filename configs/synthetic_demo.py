@@ -1,4 +1,4 @@
-"""The synthetic demo: needs no download and finishes in a few minutes on 2 CPU cores.
+"""The synthetic demo: needs no download and finishes in about a minute on 2 CPU cores.
 
     python -m rsnets_jax.main --config=configs/synthetic_demo.py --workdir=runs/synthetic_demo
 
@@ -25,7 +25,8 @@ def get_config():
   c.data.num_workers = 0
   c.data.read_threads = 2
   # Measured: at lr 0.05-0.1 this narrow net trained on five resolutions at once stays at the
-  # colour-only accuracy (25%) for these 4 epochs; 0.0025 learns the stripes (about 82-89% at 32 px).
+  # colour-only accuracy (25%) for these 4 epochs; 0.0025 learns the stripes (78-90% at 32 px over
+  # seeds and machines).
   c.optim.learning_rate = 0.0025
   c.optim.weight_decay = 5e-5
   c.num_epochs = 4
