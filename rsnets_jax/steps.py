@@ -47,6 +47,9 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int,
   `optim.warmup_epochs` (the reference has none)."""
   total = max(int(total_steps), 1)
   warmup = int(optim.warmup_epochs * steps_per_epoch)
+  if warmup >= total:
+    raise ConfigError(f'optim.warmup_epochs={optim.warmup_epochs} ({warmup} steps) leaves nothing '
+                      f'of the {total}-step schedule; make it shorter than num_epochs')
   if warmup:
     return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, total, 0.0)
   return optax.cosine_decay_schedule(optim.learning_rate, total)

@@ -187,3 +187,9 @@ def test_a_format1_run_resumes(tmp_path):
   assert not np.allclose(params['conv1']['kernel'], old_params['conv1']['kernel'])  # it trained on
   meta = json.loads((tmp_path / 'checkpoints' / '5' / 'meta' / 'metadata').read_text())
   assert meta['format'] == 2 and meta['model']['resolutions'] == [16, 12]
+
+
+def test_a_bad_config_value_is_one_clear_error(tmp_path):
+  code, out = main(tmp_path, *SMALL, '--config.model.resolutions=(16, 32)')
+  assert code == 1 and 'Traceback' not in out
+  assert out.strip().splitlines()[-1].startswith('error: resolutions must be distinct and largest first')

@@ -295,7 +295,7 @@ def run_command(*flags):
 
 
 def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
-  # A work directory as training leaves it, written by the trainer's own checkpointer.
+  # A work directory as training leaves it, written by the loop's own checkpointer.
   net, params, stats = trained
   config = small_config()
   tx, _ = steps.create_optimizer(config.optim, 16, 16)

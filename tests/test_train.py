@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import rsnets_jax
-from rsnets_jax import defaults, losses, steps
+from rsnets_jax import defaults, errors, losses, steps
 from rsnets_jax.network import RSNet
 
 from helpers import override
@@ -180,3 +180,10 @@ def test_eval_step_counts_masked_batch_exactly():
     top4 = np.any(np.argsort(-logits, -1)[:, :4] == labels[:, None], -1)[mask].sum()
     assert sums[f'top1/{r}'] == top1 and sums[f'top5/{r}'] == top4 == 11
   assert 'top1/ensemble' in sums
+
+
+def test_a_warmup_as_long_as_the_run_is_a_config_error():
+  config = tiny_config(warmup_epochs=1.0, num_epochs=1)
+  with pytest.raises(errors.ConfigError, match='warmup_epochs=1.0 .* shorter than num_epochs'):
+    steps.create_optimizer(config.optim, 4, 4)
+  steps.create_optimizer(config.optim, 5, 4)  # one step of cosine is enough
