@@ -18,7 +18,6 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 

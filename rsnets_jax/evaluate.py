@@ -10,7 +10,6 @@ import os
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import jax
-import numpy as np
 
 from rsnets_jax.network import RSNet
 
