@@ -15,6 +15,8 @@ from typing import Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from rsnets_jax.errors import ConfigError
+
 DISTILLATION = ('none', 'ens', 'ens_topdown')
 
 
@@ -37,7 +39,7 @@ def kl_divergence(teacher_logits, student_logits):
 
 def kd_loss(logits: Sequence[jax.Array], ens_logits, distillation: str):
   if distillation not in DISTILLATION:
-    raise ValueError(f'distillation must be one of {DISTILLATION}, got {distillation!r}')
+    raise ConfigError(f'distillation must be one of {DISTILLATION}, got {distillation!r}')
   if distillation == 'none':
     return jnp.float32(0.0)
   total = sum(kl_divergence(ens_logits, z) for z in logits)

@@ -8,6 +8,8 @@ from typing import Dict, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from rsnets_jax.errors import ConfigError
+
 FLIPS = ('per_resolution', 'shared', 'none')
 
 
@@ -18,7 +20,7 @@ def to_float(images, mean: Optional[Sequence[float]] = None, std: Optional[Seque
   """
   x = images.astype(jnp.float32) / 255.0
   if (mean is None) != (std is None):
-    raise ValueError('give both input_mean and input_std, or neither')
+    raise ConfigError('give both data.input_mean and data.input_std, or neither')
   if mean is not None:
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   return x
@@ -45,7 +47,7 @@ def train_views(crops, resolutions: Sequence[int], key, flip: str = 'per_resolut
   reference; `'shared'` flips an image the same way at every resolution; `'none'` never flips.
   """
   if flip not in FLIPS:
-    raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
+    raise ConfigError(f'data.flip must be one of {FLIPS}, got {flip!r}')
   x = crops.astype(jnp.float32)
   keys = jax.random.split(key, len(resolutions))
   views = {}

@@ -118,9 +118,10 @@ def add_resolution(net: RSNet, params, stats: Dict[int, Any], res: int, batches:
   (`recalibrated_stats`). Everything else is passed through unchanged, so the training
   resolutions, `alpha` and the ensemble behave exactly as before. Reads `batches`, changes no input.
   """
-  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, int(res)))
-  new_stats = recalibrated_stats(net2, params2, int(res), batches, num_images, mean, std)
-  return net2, params2, {**stats, int(res): new_stats}
+  res = int(res)
+  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, res))
+  new_stats = recalibrated_stats(net2, params2, res, batches, num_images, mean, std)
+  return net2, params2, {**stats, res: new_stats}
 
 
 def reuse_batchnorm(net: RSNet, params, stats: Dict[int, Any], res: int,
@@ -129,7 +130,8 @@ def reuse_batchnorm(net: RSNet, params, stats: Dict[int, Any], res: int,
   BatchNorm as it is, affine parameters and running statistics (default: the nearest training
   resolution). This is what a network trained at one size does when simply fed another (the
   paper's "I-224" column); `add_resolution` re-estimates the statistics instead."""
-  source = nearest_resolution(net.resolutions, int(res)) if source is None else int(source)
+  res = int(res)
+  source = nearest_resolution(net.resolutions, res) if source is None else int(source)
   net2, params2 = _extend(net, params, res, source)
   copied = jax.tree.map(lambda x: jnp.array(x, copy=True), net.check_stats(stats[source], source))
-  return net2, params2, {**stats, int(res): {RESOLUTION_KEY: jnp.int32(res), **copied}}
+  return net2, params2, {**stats, res: {RESOLUTION_KEY: jnp.int32(res), **copied}}

@@ -159,15 +159,10 @@ def make_train_step(net: RSNet, config: ml_collections.ConfigDict, total_steps: 
   """The jitted `(state, batch, rng) -> (state, metrics)` of `config`'s recipe (optim,
   distillation, flips, input scaling), with `total_steps` in its learning-rate schedule.
   `batch` = {'image': uint8 (N, R, R, 3) at the largest resolution R, 'label': int32 (N,)}, split
-  over the mesh's data axis; `rng` a replicated key (the run's step key)."""
-  if config.distillation not in losses.DISTILLATION:
-    raise ConfigError(f'distillation must be one of {losses.DISTILLATION}, got '
-                      f'{config.distillation!r}')
-  if config.data.flip not in preprocess.FLIPS:
-    raise ConfigError(f'data.flip must be one of {preprocess.FLIPS}, got {config.data.flip!r}')
+  over the mesh's data axis; `rng` a replicated key (the run's step key). A distillation, flip
+  or input scaling that losses.py or preprocess.py does not know is a ConfigError when the step is
+  first traced."""
   mean, std = input_normalisation(config.data)
-  if (mean is None) != (std is None):
-    raise ConfigError('give both data.input_mean and data.input_std, or neither')
   return _train_step(net, _frozen(config.optim), config.distillation, config.data.flip, mean, std,
                      int(total_steps), int(steps_per_epoch), mesh)
 

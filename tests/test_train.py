@@ -187,3 +187,11 @@ def test_a_warmup_as_long_as_the_run_is_a_config_error():
   with pytest.raises(errors.ConfigError, match='warmup_epochs=1.0 .* shorter than num_epochs'):
     steps.create_optimizer(config.optim, 4, 4)
   steps.create_optimizer(config.optim, 5, 4)  # one step of cosine is enough
+
+
+def test_an_unknown_flip_or_distillation_is_a_config_error_at_the_first_step():
+  for field, value, message in (('flip', 'sideways', 'data.flip must be one of'),
+                                ('distillation', 'all', 'distillation must be one of')):
+    config = tiny_config(**{field: value})
+    with pytest.raises(errors.ConfigError, match=message):
+      run_steps(config, jax.devices()[:1], [learnable_batch(16, 32, 0)])
