@@ -2,6 +2,8 @@
 anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on the same machine.
 
     PYTHONPATH=. python experiments/benchmark.py --arch resnet18 --batch 256 --dtype bfloat16
+    PYTHONPATH=. python experiments/benchmark.py --arch lq_preact_resnet18 --weight-bits 2 \
+        --activation-bits 2 [--no-refit]
 
 The step is the product's own (`steps.make_train_step`: on-device views of every resolution, forward
 and backward through the shared weights, RS-Nets loss, SGD), fed the same uint8 batch at every step.
@@ -10,6 +12,10 @@ compile, first step); `warmup3_s` to the end of the third warm-up step, the anch
 window (3 steps) plus model creation; `compile_s` traces and compiles the step; `train_img_s` counts
 each image once, all resolutions included; `eval_img_s_per_res` is one resolution's forward with its
 own BatchNorm, on float inputs on device.
+
+`--no-refit` times a quantized network's step without the quantizers' least-squares refits (the
+step's quantizer update is replaced by the identity here, so XLA drops the refit computations):
+the difference to the same run without the flag is what the refit costs.
 """
 import argparse
 import json
@@ -34,13 +40,17 @@ def parse_args(argv=None):
   ap.add_argument('--classes', type=int, default=1000)
   ap.add_argument('--width', type=float, default=1.0)
   ap.add_argument('--devices', type=int, default=None, help='use the first N devices (default all)')
+  ap.add_argument('--weight-bits', type=int, default=32)
+  ap.add_argument('--activation-bits', type=int, default=32)
+  ap.add_argument('--no-refit', action='store_true', help='quantized networks: skip the refits')
   return ap.parse_args(argv)
 
 
 def make_config(args):
   config = defaults.get_config()
   config.model.update(arch=args.arch, resolutions=tuple(sorted(args.res, reverse=True)),
-                      dtype=args.dtype, num_classes=args.classes, width=args.width)
+                      dtype=args.dtype, num_classes=args.classes, width=args.width,
+                      weight_bits=args.weight_bits, activation_bits=args.activation_bits)
   config.data.batch_size = args.batch
   return config
 
@@ -73,6 +83,8 @@ def main(argv=None):
   if args.batch % len(devices):
     raise SystemExit(f'--batch {args.batch} must be a multiple of the {len(devices)} devices')
   config = make_config(args)
+  if args.no_refit:
+    RSNet.update_quantizers = lambda self, params, *unused: params
   rng = np.random.default_rng(0)
   res_max = max(config.model.resolutions)
   host_batch = {'image': rng.integers(0, 256, (args.batch, res_max, res_max, 3), dtype=np.uint8),
@@ -125,6 +137,7 @@ def main(argv=None):
   print(json.dumps({
       'framework': 'jax ' + jax.__version__, 'variant': args.dtype,
       'device': devices[0].device_kind, 'devices': len(devices), 'arch': args.arch,
+      'bits': f'W{args.weight_bits}/A{args.activation_bits}', 'refit': not args.no_refit,
       'batch': args.batch, 'res': list(config.model.resolutions),
       'warmup_s': round(warmup_s, 1), 'warmup3_s': round(warmup3_s, 1),
       'compile_s': round(compile_s, 1), 'step_ms': round(step_s * 1e3, 2),

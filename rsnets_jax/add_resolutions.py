@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 from absl import app, flags
 from etils import epath
 
-from rsnets_jax import checkpoint, cli, data, evaluate, loop, recalibrate, steps
+from rsnets_jax import checkpoint, cli, data, defaults, evaluate, loop, recalibrate, steps
 from rsnets_jax.errors import ConfigError
 from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 
@@ -73,6 +73,7 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   """Adds `resolutions` to the checkpoint in `workdir`, saves the result in `dst`, evaluates every
   resolution and writes the reports there. Returns the results table."""
   # -- the trained network --
+  defaults.check(config)
   net, params, stats = checkpoint.load(workdir, which=config.eval_checkpoint)
   resolutions = sorted({int(r) for r in resolutions}, reverse=True)
   present = [r for r in resolutions if r in net.all_resolutions]
@@ -120,7 +121,7 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   table = evaluate.results_table(net, accuracies, net.all_resolutions)  # trained: net.resolutions
   added_list = ', '.join(map(str, resolutions))
   evaluate.write_reports(
-      dst, table, {**provenance, 'skipped_images': accuracies['skipped']},
+      dst, table, provenance,
       f'RS-{net.arch} on {config.data.dataset}, added {added_list}')
   log.info('evaluation:\n%s', evaluate.markdown(table))
   return table

@@ -10,12 +10,21 @@ A training checkpoint adds:
     data/   JSON: the input iterator's position
 Orbax files hold arrays and JSON only; nothing is unpickled when reading them.
 
+A checkpoint that does not restore completely (a truncated array file, a missing manifest or
+metadata file, broken JSON) is named in one line with what broke: `load` raises it as a
+CheckpointError, and a resuming run moves it aside to `<workdir>/damaged_checkpoints/` (nothing is
+deleted) and resumes from the newest one that restores.
+
 Format 1 (before the models bound their layers the Flax way) kept every convolution kernel one
 level deeper, at `<layer>/conv/kernel`, and the network under `meta['network']`; it is read and
 moved to today's layout on the fly, for `load` and for resuming a run alike.
 """
+import json
+import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+import re
+import sys
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,7 +34,11 @@ from rsnets_jax.errors import CheckpointError
 from rsnets_jax.network import RSNet
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+DAMAGED_SUBDIR = 'damaged_checkpoints'
 FORMAT = 2
+NAMES = ('latest', 'best')  # and step numbers
+
+log = logging.getLogger('rsnets_jax')
 
 
 def _is_conv(node) -> bool:
@@ -117,52 +130,203 @@ def save_model(directory, net: RSNet, params, stats, extra_meta: Optional[Dict[s
           meta=ocp.args.JsonSave(model_meta(net, extra_meta))), force=True)
 
 
-def _step_directory(path: epath.Path, which: str) -> epath.Path:
-  """The checkpoint to read under `path`: itself, or the latest/best step of a run."""
-  if (path / 'model').exists():
-    return path
-  if (path / CHECKPOINT_SUBDIR).exists():
-    path = path / CHECKPOINT_SUBDIR
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / 'model').exists())
-  if not steps:
-    raise CheckpointError(f'no checkpoint in {path}')
-  if which == 'best':
-    best = path / 'best_step'
-    if best.exists():
-      return path / best.read_text().strip()
-  return path / str(steps[-1])
+# -- damage: what an unreadable checkpoint raises, said in one line --------------------------------
+
+def is_damage(error: BaseException) -> bool:
+  """Whether `error`, raised while reading a checkpoint, means that its files are damaged (or of
+  another network) rather than a bug. TensorStore reports an unreadable array as a bare
+  Exception whose cause says what broke."""
+  return isinstance(error, (OSError, ValueError, KeyError, TypeError)) or type(error) is Exception
 
 
-def read_meta(path) -> Dict[str, Any]:
-  directory = _step_directory(_path(path), 'latest')
-  return _composite_checkpointer().restore(
-      directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+def _reason(error: BaseException) -> str:
+  """The gist of a damage error: its (or its cause's) first line, without TensorStore's specs."""
+  if type(error) is Exception and error.__cause__ is not None:
+    error = error.__cause__
+  text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  if isinstance(error, json.JSONDecodeError):
+    text = f'not valid JSON: {text}'
+  elif isinstance(error, FileNotFoundError):
+    text = f'missing {error.filename}' if error.filename else text
+  text = re.split(r' \[tensorstore_spec| See full TensorStore details', text)[0]
+  text = re.sub(r'Error opening "\w+" driver: ', '', text)
+  text = re.sub(r' in OCDBT database at local file "[^"]*"', '', text)
+  return text if len(text) <= 160 else text[:157] + '...'
 
 
-def load(path, which: str = 'latest') -> Tuple[RSNet, Any, Dict[int, Any]]:
-  """`net, params, stats = load(path)` from a work directory, a run's checkpoint directory, one
-  checkpoint step, or a directory written by `save_model` / the converter. No config is needed.
+class _UnretrievedReads(logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' reports of Orbax's other array reads that
+  failed with the one already reported (they come when the garbage collector finds them)."""
 
-  `which` picks the checkpoint of a run: 'latest' or 'best' (by the largest resolution's top-1).
-  """
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith(('Future exception was never retrieved',
+                                    'Task exception was never retrieved')) and
+                ('tensorstore' in message or 'orbax' in message))
+
+
+def _quiet_event_loop_noise():
+  """After a failed read, TensorStore's callbacks raise 'Event loop is closed' into the event loop
+  Orbax has closed, Orbax's other reads are finalised with their own errors, and asyncio reports
+  the ones that failed alongside: all come later, from other threads or the garbage collector,
+  and say nothing the one line does not. Every other unraisable error still reaches the previous
+  hook, every other asyncio record its handlers."""
+  asyncio_log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _UnretrievedReads) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_UnretrievedReads())
+  if getattr(sys.unraisablehook, 'rsnets_jax_quiet', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    error, code = unraisable.exc_value, getattr(unraisable.object, 'cr_code', None)
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
+      return  # one of Orbax's reads, finalised after the read that failed
+    previous(unraisable)
+
+  hook.rsnets_jax_quiet = True
+  sys.unraisablehook = hook
+
+
+class Unreadable(CheckpointError):
+  """A checkpoint whose files do not restore: '<directory> does not restore (<item>: <why>)'."""
+
+  def __init__(self, directory, item: str, reason: str):
+    super().__init__(f'checkpoint {directory} does not restore ({item}: {reason})')
+    self.directory, self.why = directory, f'{item}: {reason}'
+
+
+def _restore_items(restore, directory, items: Dict[str, Any]) -> Dict[str, Any]:
+  """`restore(Composite)` of each item of `items` in turn, so that a failure names its item."""
+  _quiet_event_loop_noise()
+  restored = {}
+  for name, args in items.items():
+    try:
+      restored[name] = restore(ocp.args.Composite(**{name: args}))[name]
+    except Exception as e:  # pylint: disable=broad-except  # is_damage decides; the rest re-raise
+      if not is_damage(e):
+        raise
+      raise Unreadable(directory, name, _reason(e)) from e
+  return restored
+
+
+def _restore_fn(directory: epath.Path):
+  checkpointer = _composite_checkpointer()
+  return lambda args: checkpointer.restore(directory, args=args)
+
+
+# -- finding a checkpoint ---------------------------------------------------------------------------
+
+def parse_which(which: Union[str, int]) -> Union[str, int]:
+  """'latest', 'best' or a step number (an int, or its digits); anything else is a
+  CheckpointError."""
+  if isinstance(which, int) and not isinstance(which, bool) and which >= 0:
+    return which
+  if isinstance(which, str):
+    if which.strip() in NAMES:
+      return which.strip()
+    if which.strip().isdigit():
+      return int(which)
+  raise CheckpointError(f"a checkpoint is 'latest', 'best' or a step number, not {which!r}")
+
+
+def committed_steps(directory) -> List[int]:
+  """The steps of a run's checkpoint directory, oldest first. Orbax writes a step into a
+  temporary folder and renames it when complete; on a bucket, where it cannot rename, it marks a
+  complete step with commit_success.txt instead."""
+  directory = _path(directory)
+  if not directory.exists():
+    return []
+  bucket = '://' in os.fspath(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and
+                (not bucket or (p / 'commit_success.txt').exists()))
+
+
+def _best_step(directory: epath.Path) -> Optional[int]:
+  best = directory / 'best_step'
+  return int(best.read_text().strip()) if best.exists() else None
+
+
+def find(path, which: Union[str, int] = 'latest') -> Tuple[epath.Path, Optional[int]]:
+  """`(directory, step)` of the checkpoint that `load(path, which)` reads: `path` itself when it
+  is one checkpoint (its step when it is a step folder, else None), or the latest, the best or the
+  given step of the run in `path` (a work directory or its checkpoint directory)."""
+  which = parse_which(which)
   path = _path(path)
   if not path.exists():
     raise CheckpointError(f'no checkpoint at {path}')
-  directory = _step_directory(path, which)
-  checkpointer = _composite_checkpointer()
+  if (path / 'model').exists():
+    step = int(path.name) if path.name.isdigit() else None
+    if isinstance(which, int) and which != step:
+      raise CheckpointError(f'{path} is one checkpoint, not a run with steps: it has no step {which}')
+    return path, step
+  directory = path / CHECKPOINT_SUBDIR if (path / CHECKPOINT_SUBDIR).exists() else path
+  steps = committed_steps(directory)
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {directory}')
+  listed = ', '.join(map(str, steps))
+  if which == 'latest':
+    step = steps[-1]
+  elif which == 'best':
+    step = _best_step(directory)
+    if step is None:
+      raise CheckpointError(f'{directory} has no best checkpoint (the best is chosen when training '
+                            f'evaluates); choose latest or a step: {listed}')
+    if step not in steps:
+      raise CheckpointError(f'the best checkpoint of {directory}, step {step}, is gone; choose '
+                            f'latest or a step: {listed}')
+  else:
+    step = which
+    if step not in steps:
+      raise CheckpointError(f'{directory} has no step {step}; its steps: {listed}')
+  return directory / str(step), step
+
+
+def _read_meta_of(directory: epath.Path) -> Dict[str, Any]:
+  return _restore_items(_restore_fn(directory), directory,
+                        {'meta': ocp.args.JsonRestore()})['meta']
+
+
+def read_meta(path, which: Union[str, int] = 'latest') -> Dict[str, Any]:
+  return _read_meta_of(find(path, which)[0])
+
+
+def stored_network(workdir) -> Optional[Tuple[epath.Path, RSNet]]:
+  """`(checkpoint, network)` of the newest checkpoint in `workdir` whose meta reads, or None when
+  the work directory has no checkpoint yet."""
+  directory = _path(workdir) / CHECKPOINT_SUBDIR
+  for step in reversed(committed_steps(directory)):
+    try:
+      return directory / str(step), network_from_meta(_read_meta_of(directory / str(step)))
+    except Unreadable:
+      continue  # resuming reports it and moves it aside
+  return None
+
+
+def load(path, which: Union[str, int] = 'latest') -> Tuple[RSNet, Any, Dict[int, Any]]:
+  """`net, params, stats = load(path)` from a work directory, a run's checkpoint directory, one
+  checkpoint step, or a directory written by `save_model` / the converter. No config is needed.
+
+  `which` picks the checkpoint of a run: 'latest', 'best' (by the largest resolution's top-1) or a
+  step number. A checkpoint that does not restore is a CheckpointError naming it and what broke.
+  """
+  directory, _ = find(path, which)
+  restore = _restore_fn(directory)
+  meta = _restore_items(restore, directory, {'meta': ocp.args.JsonRestore()})['meta']
+  version = _format_of(meta, directory)
   try:
-    meta = checkpointer.restore(directory, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    version = _format_of(meta, directory)
     net = network_from_meta(meta)
-    model = checkpointer.restore(directory, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_layout(model_template(net), version))))['model']
-  except CheckpointError:
-    raise
-  except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    raise CheckpointError(f'cannot read checkpoint {directory}: {str(e).splitlines()[0]}') from e
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f'checkpoint {directory} does not restore (meta: no network: {e})') from e
+  model = _restore_items(restore, directory, {
+      'model': ocp.args.StandardRestore(_layout(model_template(net), version))})['model']
   model = _migrate(model, version)
   return net, model['params'], _stats_from_disk(model['stats'])
 
+
+# -- a training run's checkpoints -------------------------------------------------------------------
 
 class TrainCheckpoints:
   """The checkpoints of one training run: asynchronous saves, the last `keep` plus the best one."""
@@ -171,13 +335,15 @@ class TrainCheckpoints:
                async_save: bool = True):
     self.directory = _path(workdir) / CHECKPOINT_SUBDIR
     self.best_metric = best_metric
+    self._pending_best: Optional[Tuple[int, float]] = None
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if best_metric:
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=lambda m: m[best_metric], n=1, keep_checkpoints_without_metrics=False))
+    # A save interrupted by a kill leaves a temporary folder: nothing in it is complete.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'model': ocp.StandardCheckpointHandler(), 'train': ocp.StandardCheckpointHandler(),
@@ -196,14 +362,20 @@ class TrainCheckpoints:
         train=ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
         data=ocp.args.JsonSave({'iterator': data_state}),
         meta=ocp.args.JsonSave(meta)), metrics=metrics, force=force)
+    self._note_best()  # the previous save has finished: Orbax waits for it before starting one
     if saved and metrics and self.best_metric in metrics:
-      self._note_best(step, metrics)
+      self._pending_best = (step, float(metrics[self.best_metric]))
     return saved
 
-  def _note_best(self, step: int, metrics: Dict[str, float]):
+  def _note_best(self):
+    """Records the pending best step once its checkpoint is complete, so that `best_step` never
+    names a save that a kill cut short."""
+    if self._pending_best is None or not (self.directory / str(self._pending_best[0])).exists():
+      return
+    step, value = self._pending_best
+    self._pending_best = None
     best_file = self.directory / 'best_step'
     best_value = self.directory / 'best_value'
-    value = float(metrics[self.best_metric])
     if best_value.exists() and float(best_value.read_text()) >= value:
       return
     if jax.process_index() == 0:
@@ -211,29 +383,70 @@ class TrainCheckpoints:
       best_file.write_text(str(step))
 
   def restore(self, state_template, step: Optional[int] = None):
-    """`(state, data_state)` of `step` (default: the latest), laid out like `state_template`."""
+    """`(state, data_state)` of `step` (default: the latest), laid out like `state_template`; a
+    CheckpointError names the step folder and what does not restore."""
     step = self.latest_step() if step is None else step
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    version = _format_of(meta, self.directory / str(step))
+    directory = self.directory / str(step)
+    restore = lambda args: self.manager.restore(step, args=args)
+    meta = _restore_items(restore, directory, {'meta': ocp.args.JsonRestore()})['meta']
+    version = _format_of(meta, directory)
     model_template = {'params': state_template.params, 'stats': _stats_to_disk(state_template.stats)}
     train_template = {'opt_state': state_template.opt_state, 'step': state_template.step}
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          model=ocp.args.StandardRestore(_layout(_abstract(model_template), version)),
-          train=ocp.args.StandardRestore(_layout(_abstract(train_template), version)),
-          data=ocp.args.JsonRestore()))
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f'cannot resume from {self.directory / str(step)}: it does not fit '
-                            f'this run ({str(e).splitlines()[0]}); use another --workdir') from e
+    restored = _restore_items(restore, directory, {
+        'model': ocp.args.StandardRestore(_layout(_abstract(model_template), version)),
+        'train': ocp.args.StandardRestore(_layout(_abstract(train_template), version)),
+        'data': ocp.args.JsonRestore()})
     model, train = _migrate(restored['model'], version), _migrate(restored['train'], version)
     state = state_template.replace(params=model['params'], stats=_stats_from_disk(model['stats']),
                                    opt_state=train['opt_state'], step=train['step'])
     return state, restored['data']['iterator']
 
+  def restore_newest(self, state_template):
+    """`(state, data_state)` of the newest checkpoint that restores completely, or None when there
+    is none yet. Each newer one that does not restore is reported in one line and moved to
+    `damaged_checkpoints/`; when none restores, a CheckpointError says so and nothing is moved."""
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(state_template, step)
+      except Unreadable as e:
+        failures.append((step, e))
+        continue
+      for damaged, error in failures:
+        log.warning('%s; moved it to %s', error, self._set_aside(damaged))
+      if failures:
+        self.manager.reload()
+      return restored
+    if failures:
+      raise CheckpointError(f'no checkpoint in {self.directory} restores: ' + '; '.join(
+          f'step {step} ({error.why})' for step, error in failures) + '; move them aside or use '
+          f'another --workdir')
+    return None
+
+  def _set_aside(self, step: int) -> epath.Path:
+    """Moves the checkpoint of `step` out of the run (to `damaged_checkpoints/<step>`, or
+    `<step>.1`, ... when that is taken) and forgets it as the best; returns where it went."""
+    aside = self.directory.parent / DAMAGED_SUBDIR
+    target = aside / str(step)
+    n = 0
+    while target.exists():
+      n += 1
+      target = aside / f'{step}.{n}'
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+      if _best_step(self.directory) == step:
+        for name in ('best_step', 'best_value'):
+          (self.directory / name).unlink(missing_ok=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f'rsnets_jax set aside {step}')
+    return target
+
   def wait(self):
     self.manager.wait_until_finished()
+    self._note_best()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
-

@@ -1,13 +1,18 @@
 """What every command line shares: the flag parser's one-line errors, logging, and the rule that a
 `UserError` is one line and exit status 1 while any other exception keeps its traceback."""
+import difflib
 import logging
+import re
 import sys
+from typing import List, Optional
 
 from rsnets_jax.errors import UserError
 
 
 def one_line(text: str) -> str:
-  return ' '.join(str(text).replace('\\n', ' ').replace("\\'", "'").split()).strip('\'"')
+  text = ' '.join(str(text).replace('\\n', ' ').replace("\\'", "'").split())
+  quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"'  # str(KeyError('x'))
+  return text[1:-1] if quoted else text
 
 
 def fail(message: str, status: int = 1):
@@ -32,7 +37,44 @@ def parse_absl_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    fail(f'bad command line: {one_line(e)}', status=2)
+    fail(unknown_config_field(argv, flags.FLAGS) or f'bad command line: {one_line(e)}', status=2)
+
+
+def config_fields(config, prefix: str = '') -> List[str]:
+  """Every field of a config, by its command-line name: 'seed', 'data.batch_size', ..."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  names = []
+  for key in config.keys():
+    value = config[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      names += config_fields(value, f'{prefix}{key}.')
+    else:
+      names.append(prefix + key)
+  return names
+
+
+def unknown_config_field(argv, flag_values, name: str = 'config') -> Optional[str]:
+  """"unknown config field 'x'" and its closest names, for the first `--config.x` of `argv` that
+  the loaded config lacks; None when every field exists (or no config could be loaded)."""
+  overrides = re.compile(rf'--(?:no)?{re.escape(name)}\.([^=]+)(=.*)?', re.S)
+  files = [arg.split('=', 1)[1] for arg in argv[1:] if arg.startswith(f'--{name}=')]
+  try:
+    # The config file as the flag loads it, without the overrides (the parse failed on one).
+    fields = config_fields(flag_values[name].parser.parse(files[-1]))
+  except Exception:  # pylint: disable=broad-except  # then the parser's own message says it
+    return None
+  for arg in argv[1:]:
+    match = overrides.fullmatch(arg)
+    if not match or match[1] in fields or any(f.startswith(match[1] + '.') for f in fields):
+      continue
+    field = match[1]
+    # The same name in another section first (a forgotten section), then near spellings.
+    close = [f for f in fields if f.rsplit('.', 1)[-1] == field.rsplit('.', 1)[-1]]
+    close = close or difflib.get_close_matches(field, fields, n=2, cutoff=0.7)
+    hint = (f'; did you mean {" or ".join(close)}?' if close else
+            '; rsnets_jax/defaults.py lists every field')
+    return f"unknown config field '{field}'{hint}"
+  return None
 
 
 def config_flag(flag_values, name: str = 'config'):

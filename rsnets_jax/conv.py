@@ -9,7 +9,7 @@ convolutions are slower than a matmul. On large maps the native convolution wins
 matrix is k*k times the input, and every fresh buffer costs page faults. `use_matmul` holds the
 rule, experiments/cpu_conv.py the measurements. GPU and TPU always get the native convolution.
 """
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -17,15 +17,28 @@ import jax.numpy as jnp
 from jax import lax
 
 IMPLS = ('auto', 'native', 'matmul')
+# 'symmetric': (k - 1) // 2 on every side, as PyTorch and the full-precision reference;
+# 'same': TensorFlow's SAME, one more at the end where the total is odd (the quantized reference).
+PADDINGS = ('symmetric', 'same')
 
 
-def output_size(size: int, kernel: int, stride: int) -> int:
-  pad = (kernel - 1) // 2
-  return (size + 2 * pad - kernel) // stride + 1
+def pads(size: int, kernel: int, stride: int, padding: str = 'symmetric') -> Tuple[int, int]:
+  """(before, after) zero padding of one spatial dimension."""
+  if padding == 'symmetric':
+    return (kernel - 1) // 2, (kernel - 1) // 2
+  if padding != 'same':
+    raise ValueError(f'padding must be one of {PADDINGS}, got {padding!r}')
+  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def output_size(size: int, kernel: int, stride: int, padding: str = 'symmetric') -> int:
+  before, after = pads(size, kernel, stride, padding)
+  return (size + before + after - kernel) // stride + 1
 
 
 def use_matmul(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
-               groups: int) -> bool:
+               groups: int, padding: str = 'symmetric') -> bool:
   """Whether `conv2d(impl='auto')` uses the matmul lowering for this layer.
 
   On CPU: always for depthwise and 1x1 convolutions; for larger kernels when the output has at
@@ -40,7 +53,8 @@ def use_matmul(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int]
     return groups == cin == kernel_shape[-1]
   if k == 1:
     return True
-  area = output_size(x_shape[1], k, stride) * output_size(x_shape[2], k, stride)
+  area = (output_size(x_shape[1], k, stride, padding) *
+          output_size(x_shape[2], k, stride, padding))
   if area <= 4:
     return True
   if stride == 1:
@@ -48,23 +62,23 @@ def use_matmul(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int]
   return cin >= 128
 
 
-def _sees_data(offset: int, stride: int, out: int, pad: int, size: int) -> bool:
-  return any(pad <= offset + stride * o < pad + size for o in range(out))
+def _sees_data(offset: int, stride: int, out: int, before: int, size: int) -> bool:
+  return any(before <= offset + stride * o < before + size for o in range(out))
 
 
-def _matmul_conv(x, kernel, stride: int, groups: int):
+def _matmul_conv(x, kernel, stride: int, groups: int, padding: str):
   """float32 result of the convolution as a sum over shifted views of the padded input."""
   k = kernel.shape[0]
   n, h, w, cin = x.shape
   cout = kernel.shape[-1]
-  pad = (k - 1) // 2
-  ho, wo = output_size(h, k, stride), output_size(w, k, stride)
+  pad_h, pad_w = pads(h, k, stride, padding), pads(w, k, stride, padding)
+  ho, wo = output_size(h, k, stride, padding), output_size(w, k, stride, padding)
   # A tap that reads padding only contributes zero: on a 1x1 map a 3x3 kernel is its centre.
-  rows = [i for i in range(k) if _sees_data(i, stride, ho, pad, h)]
-  cols = [j for j in range(k) if _sees_data(j, stride, wo, pad, w)]
+  rows = [i for i in range(k) if _sees_data(i, stride, ho, pad_h[0], h)]
+  cols = [j for j in range(k) if _sees_data(j, stride, wo, pad_w[0], w)]
   taps = len(rows) * len(cols)
   # float32 throughout: XLA CPU has no fast bfloat16 kernels for the backward matmuls.
-  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), pad_h, pad_w, (0, 0)))
   views = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
                                         cin), (1, stride, stride, 1))
            for i in rows for j in cols]
@@ -89,11 +103,12 @@ def _matmul_conv(x, kernel, stride: int, groups: int):
   return jnp.moveaxis(out, 0, 3).reshape((n, ho, wo, cout))
 
 
-def conv2d(x, kernel, stride: int = 1, groups: int = 1, impl: str = 'auto', dtype: Any = None):
-  """NHWC `x` convolved with the HWIO `kernel` (k, k, Cin // groups, Cout), zero padding
-  (k - 1) // 2 on every side, no bias; `x` and `kernel` are cast to `dtype` (default x's), which
-  the result has, as `nn.Conv(dtype=dtype)`. `impl`: 'native' (lax.conv_general_dilated),
-  'matmul' (the lowering, accumulating in float32) or 'auto' (`use_matmul` chooses)."""
+def conv2d(x, kernel, stride: int = 1, groups: int = 1, impl: str = 'auto', dtype: Any = None,
+           padding: str = 'symmetric'):
+  """NHWC `x` convolved with the HWIO `kernel` (k, k, Cin // groups, Cout), zero `padding` (see
+  PADDINGS), no bias; `x` and `kernel` are cast to `dtype` (default x's), which the result has,
+  as `nn.Conv(dtype=dtype)`. `impl`: 'native' (lax.conv_general_dilated), 'matmul' (the lowering,
+  accumulating in float32) or 'auto' (`use_matmul` chooses)."""
   if impl not in IMPLS:
     raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
   k = kernel.shape[0]
@@ -103,19 +118,20 @@ def conv2d(x, kernel, stride: int = 1, groups: int = 1, impl: str = 'auto', dtyp
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   if impl == 'auto':
     impl = 'matmul' if use_matmul(jax.default_backend(), x.shape, kernel.shape, stride,
-                                  groups) else 'native'
+                                  groups, padding) else 'native'
   if impl == 'matmul':
-    return _matmul_conv(x, kernel, stride, groups).astype(dtype)
-  pad = (k - 1) // 2
-  return lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+    return _matmul_conv(x, kernel, stride, groups, padding).astype(dtype)
+  spatial = (pads(x.shape[1], k, stride, padding), pads(x.shape[2], k, stride, padding))
+  return lax.conv_general_dilated(x, kernel, (stride, stride), spatial,
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                   feature_group_count=groups)
 
 
 class Conv(nn.Module):
   """`nn.Conv(features, (k, k), (s, s), padding=((p, p), (p, p)), feature_group_count=g,
-  use_bias=False, dtype=dtype)` with p = (k - 1) // 2: the same float32 'kernel' parameter (HWIO)
-  and the same result, computed by `conv2d`."""
+  use_bias=False, dtype=dtype)` with p = (k - 1) // 2 (or TF's 'SAME'): the same float32 'kernel'
+  parameter (HWIO) and the same result, computed by `conv2d`. `kernel_quantizer`, when given, is a
+  module applied to the kernel before the convolution (a learned weight quantizer)."""
   features: int
   kernel_size: int
   strides: int = 1
@@ -123,10 +139,14 @@ class Conv(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
   impl: str = 'auto'
+  padding: str = 'symmetric'
+  kernel_quantizer: Optional[Callable[..., nn.Module]] = None
 
   @nn.compact
   def __call__(self, x):
     k, groups = self.kernel_size, self.feature_group_count
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1] // groups, self.features),
                         jnp.float32)
-    return conv2d(x, kernel, self.strides, groups, self.impl, self.dtype)
+    if self.kernel_quantizer is not None:
+      kernel = self.kernel_quantizer(name='weight_quantizer')(kernel)
+    return conv2d(x, kernel, self.strides, groups, self.impl, self.dtype, self.padding)

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import sys
+import tarfile
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -31,6 +32,10 @@ from rsnets_jax.network import RESOLUTION_KEY, RSNet, create_model
 PAPER_RESOLUTIONS = (224, 192, 160, 128, 96)
 DATA_PARALLEL_PREFIX = 'module.'
 SHOWN_PER_PROBLEM = 5  # keys named per kind of mismatch; the rest are counted
+# How torch's weights-only unpickler names what it refuses to run (anything else it cannot read
+# is not a pickle of weights at all).
+UNSAFE_UNPICKLING = re.compile(r'GLOBAL|global|Unsupported class')
+ZIP_SIGNATURE = b'PK\x03\x04'
 
 
 # -- reading the PyTorch file (the only place that needs torch) -------------------------------------
@@ -47,15 +52,25 @@ def read_torch_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     raise ConversionError(f'no such file: {src}')
   if not os.path.isfile(src):
     raise ConversionError(f'not a file: {src}')
+  if not _looks_like_torch_save(src):
+    raise ConversionError(f'{src} is not a PyTorch checkpoint: it is neither the zip archive nor '
+                          f'the pickle that torch.save writes')
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # torch's notes on pickle protocols: keep errors to one line
       obj = torch.load(src, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
+    detail = _unpickling_detail(str(e))
+    if not UNSAFE_UNPICKLING.search(detail):
+      raise ConversionError(f'{src} is not a PyTorch checkpoint, or it is damaged: its pickle data '
+                            f'does not read ({detail})') from e
     raise ConversionError(
-        f'refusing to load {src}: it is not a weights-only PyTorch checkpoint ('
-        f'{_unpickling_detail(str(e))}); a file that needs arbitrary unpickling is never run') from e
+        f'refusing to load {src}: it needs unsafe unpickling ({detail}); a file that needs '
+        f'arbitrary unpickling is never run') from e
   except Exception as e:  # a truncated, corrupt or foreign file: torch raises many kinds
+    if 'magic number' in str(e):  # the legacy format opens with torch's magic number
+      raise ConversionError(f'{src} is not a PyTorch checkpoint: a pickle, but not one that '
+                            f'torch.save wrote') from e
     raise ConversionError(f'cannot read {src} as a PyTorch checkpoint: {_first_line(e)}') from e
 
   if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
@@ -79,6 +94,15 @@ def read_torch_checkpoint(src) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   return arrays, info
 
 
+def _looks_like_torch_save(src: str) -> bool:
+  """Whether `src` opens as torch.save writes: a zip archive (PyTorch 1.6 on; a truncated one
+  still opens with the zip signature), a tar archive (the oldest format), or a pickle of protocol
+  2 or more (the legacy format, which opens with PROTO)."""
+  with open(src, 'rb') as f:
+    start = f.read(4)
+  return start == ZIP_SIGNATURE or start[:1] == pickle.PROTO or tarfile.is_tarfile(src)
+
+
 def _unpickling_detail(message: str) -> str:
   # torch wraps the reason (e.g. "unsupported GLOBAL posix.system") in paragraphs of advice.
   boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
@@ -90,8 +114,9 @@ def _unpickling_detail(message: str) -> str:
 
 
 def _first_line(e: Exception) -> str:
+  """The first sentence of `e`'s message (torch appends paragraphs of advice)."""
   text = str(e).strip()
-  return text.splitlines()[0] if text else type(e).__name__
+  return re.split(r'(?<=[a-z])\. ', text.splitlines()[0])[0] if text else type(e).__name__
 
 
 def _plain(value):

@@ -27,11 +27,20 @@ import jax
 import numpy as np
 from PIL import Image
 
-from rsnets_jax import synthetic
-from rsnets_jax.errors import DataError
+from rsnets_jax import preprocess, synthetic
+from rsnets_jax.errors import ConfigError, DataError
 
 CROP_FRACTION = 0.875  # eval: shorter side to int(res / 0.875), then the centre res x res
 CROP_RATIO = (3 / 4, 4 / 3)
+# The training crop: torchvision's RandomResizedCrop (the full-precision reference), or
+# tensorpack's GoogleNetResize (the quantized reference: aspect uniform in [0.75, 1.333], then
+# width and height swapped with probability 0.5).
+TRAIN_CROPS = ('random_resized', 'googlenet')
+INTERPOLATIONS = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}
+# The eval views: each resolution's own resize and centre crop (the full-precision reference), or
+# the largest resolution's, then TF1's nearest-neighbour resize to the others (the quantized one).
+EVAL_VIEWS = ('per_resolution', 'nearest_from_largest')
+GOOGLENET_RATIO = (0.75, 1.333)
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
 SYNTHETIC_SEED = 0  # the generated set stays the same whatever the training seed
 
@@ -70,6 +79,32 @@ def crop_params(rng: np.random.Generator, height: int, width: int,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def googlenet_crop_params(rng: np.random.Generator, height: int, width: int,
+                          scale: Tuple[float, float] = (0.08, 1.0),
+                          ratio: Tuple[float, float] = GOOGLENET_RATIO):
+  """(top, left, h, w) of tensorpack's GoogleNetResize crop: up to 10 draws of an area fraction
+  and an aspect ratio, both uniform, sides rounded half up, width and height swapped with
+  probability 0.5. When no draw fits: the centred square of the shorter side (what the reference's
+  fallback, shorter side to the output size then the centre crop, takes from the image)."""
+  area = height * width
+  for _ in range(10):
+    target_area = rng.uniform(scale[0], scale[1]) * area
+    aspect = rng.uniform(ratio[0], ratio[1])
+    w = int(math.sqrt(target_area * aspect) + 0.5)
+    h = int(math.sqrt(target_area / aspect) + 0.5)
+    if rng.uniform() < 0.5:
+      w, h = h, w
+    if 0 < h <= height and 0 < w <= width:
+      left = 0 if w == width else int(rng.integers(0, width - w))
+      top = 0 if h == height else int(rng.integers(0, height - h))
+      return top, left, h, w
+  short = min(height, width)
+  return (height - short) // 2, (width - short) // 2, short, short
+
+
+CROP_PARAMS = {'random_resized': crop_params, 'googlenet': googlenet_crop_params}
+
+
 def open_image(data) -> Image.Image:
   """A PIL image from encoded bytes, a path or a uint8 array; files open lazily (header only)."""
   if isinstance(data, np.ndarray):
@@ -97,12 +132,12 @@ def decode_crop(image: Image.Image, box: Tuple[int, int, int, int], size: int):
   return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def resize_crop(image: Image.Image, box, size: int) -> np.ndarray:
+def resize_crop(image: Image.Image, box, size: int, interpolation: str = 'bilinear') -> np.ndarray:
   if all(float(b).is_integer() for b in box):
     # Crop first: resize(box=...) would blend in pixels from outside the box, torchvision does not.
     image = image.crop(tuple(int(b) for b in box))
     box = None
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+  return np.asarray(image.resize((size, size), INTERPOLATIONS[interpolation], box=box), np.uint8)
 
 
 def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
@@ -118,9 +153,10 @@ def eval_resize_size(res: int) -> int:
   return int(res / CROP_FRACTION)
 
 
-def eval_view(image: Image.Image, res: int) -> np.ndarray:
+def eval_view(image: Image.Image, res: int, interpolation: str = 'bilinear') -> np.ndarray:
   """The reference's evaluation input: shorter side resized to int(res / 0.875) (bilinear,
-  antialiased), then the centre res x res with torchvision's CenterCrop rounding; uint8."""
+  antialiased; or bicubic), then the centre res x res with torchvision's CenterCrop rounding;
+  uint8."""
   image = _to_rgb(image)
   width, height = image.size
   short = eval_resize_size(res)
@@ -129,9 +165,28 @@ def eval_view(image: Image.Image, res: int) -> np.ndarray:
     new_w, new_h = short, int(short * height / width)
   else:
     new_w, new_h = int(short * width / height), short
-  image = image.resize((new_w, new_h), Image.BILINEAR)
+  image = image.resize((new_w, new_h), INTERPOLATIONS[interpolation])
   top, left = int(round((new_h - res) / 2.0)), int(round((new_w - res) / 2.0))
   return np.asarray(image.crop((left, top, left + res, top + res)), np.uint8)
+
+
+def eval_views(image: Image.Image, resolutions: Sequence[int], view: str = 'per_resolution',
+               interpolation: str = 'bilinear', largest: Optional[int] = None
+               ) -> Dict[int, np.ndarray]:
+  """Every resolution's eval input (see EVAL_VIEWS): `eval_view` at each resolution, or at
+  `largest` (the largest training resolution: 256 -> 224 on ImageNet) and TF1's nearest-neighbour
+  resize of that to each resolution."""
+  if view not in EVAL_VIEWS:
+    raise ConfigError(f'data.eval_view must be one of {EVAL_VIEWS}, got {view!r}')
+  if view == 'per_resolution':
+    return {res: eval_view(image, res, interpolation) for res in resolutions}
+  largest = largest or max(resolutions)
+  big = eval_view(image, largest, interpolation)
+  views = {}
+  for res in resolutions:
+    index = preprocess.nearest_tf1_indices(largest, res)
+    views[res] = big[index][:, index]
+  return views
 
 
 # -- sources --------------------------------------------------------------------------------------
@@ -265,6 +320,22 @@ def num_classes(config) -> int:
   return len(source.classes) if isinstance(source, FolderSource) else source.num_classes
 
 
+def check_num_classes(config, classes: int, network: str = 'the network (model.num_classes)',
+                      fix: Optional[str] = None):
+  """A ConfigError when the data set of `config` does not have `classes` classes: labels past the
+  classifier's last row make the loss NaN, and fewer classes than rows is another data set."""
+  found = num_classes(config)
+  if found == classes:
+    return
+  data = config.data
+  where = {'synthetic': 'the synthetic data set',
+           'folder': f'{os.path.join(str(data.data_dir), data.train_split or "train")} (its class '
+                     f'folders)',
+           'tfds': f'{data.tfds_name} in {data.data_dir}'}[data.dataset]
+  fix = fix or f'pass --config.model.num_classes={found}'
+  raise ConfigError(f'{where} has {found} classes but {network} has {classes}: {fix}')
+
+
 class DecodedSource:
   """Every record of `source` decoded once into a uint8 array (in `threads` threads), for a data
   set that fits in memory and is read many times, e.g. by several trainings in one process.
@@ -307,16 +378,17 @@ def _skip(record, error) -> None:
                 record['name'], type(error).__name__, error, len(_skipped_names))
 
 
-def train_example(record, rng: np.random.Generator, size: int, scale: Tuple[float, float]):
+def train_example(record, rng: np.random.Generator, size: int, scale: Tuple[float, float],
+                  crop: str = 'random_resized', interpolation: str = 'bilinear'):
   """{'image': uint8 (size, size, 3), 'label': int32}, or None for a corrupt image."""
   try:
     image = open_image(record['image'])
-    top, left, h, w = crop_params(rng, image.size[1], image.size[0], scale)
+    top, left, h, w = CROP_PARAMS[crop](rng, image.size[1], image.size[0], scale)
     image, box = decode_crop(image, (left, top, left + w, top + h), size)
   except DECODE_ERRORS as error:
     _skip(record, error)
     return None
-  return {'image': resize_crop(image, box, size), 'label': np.int32(record['label'])}
+  return {'image': resize_crop(image, box, size, interpolation), 'label': np.int32(record['label'])}
 
 
 def _padding_example(resolutions):
@@ -324,9 +396,10 @@ def _padding_example(resolutions):
           'label': np.int32(0), 'mask': False, 'skipped': False}
 
 
-def eval_example(index: int, source, resolutions: Tuple[int, ...]):
-  """Every resolution's eval view of record `index`; index -1 (padding) or a corrupt image gives
-  zeros with mask False, so that every process keeps the same batch shapes."""
+def eval_example(index: int, source, resolutions: Tuple[int, ...], view: str = 'per_resolution',
+                 interpolation: str = 'bilinear', largest: Optional[int] = None):
+  """Every resolution's eval view of record `index` (`eval_views`); index -1 (padding) or a
+  corrupt image gives zeros with mask False, so that every process keeps the same batch shapes."""
   if index < 0:
     return _padding_example(resolutions)
   record = source[index]
@@ -335,7 +408,7 @@ def eval_example(index: int, source, resolutions: Tuple[int, ...]):
   except DECODE_ERRORS as error:
     _skip(record, error)
     return {**_padding_example(resolutions), 'skipped': True}
-  return {'images': {res: eval_view(image, res) for res in resolutions},
+  return {'images': eval_views(image, resolutions, view, interpolation, largest),
           'label': np.int32(record['label']), 'mask': True, 'skipped': False}
 
 
@@ -384,7 +457,8 @@ def train_dataset(config, process_index: Optional[int] = None, process_count: Op
   size = max(config.model.resolutions)
   source = make_source(data, train=True) if source is None else source
   ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat()[index::count]
-  transform = functools.partial(train_example, size=size, scale=(data.crop_min_area, 1.0))
+  transform = functools.partial(train_example, size=size, scale=(data.crop_min_area, 1.0),
+                                crop=data.train_crop, interpolation=data.interpolation)
   # Batched after the corrupt images (None) are dropped, so every batch is full; in the workers,
   # so that whole batches cross between processes.
   ds = ds.random_map(transform).to_iter_dataset(_read_options(data, batch))
@@ -424,7 +498,9 @@ class EvalBatches:
     indices = eval_indices(self.num_examples, self.batch_size, index, count)
     self.num_batches = len(indices) // self.batch_size
     transform = functools.partial(eval_example, source=source,
-                                  resolutions=tuple(sorted(set(resolutions), reverse=True)))
+                                  resolutions=tuple(sorted(set(resolutions), reverse=True)),
+                                  view=data.eval_view, interpolation=data.interpolation,
+                                  largest=max(config.model.resolutions))
     ds = grain.MapDataset.source(indices.tolist()).map(transform)
     ds = ds.to_iter_dataset(_read_options(data, self.batch_size))
     ds = _with_workers(ds, data, data.prefetch * self.batch_size // max(data.num_workers, 1))

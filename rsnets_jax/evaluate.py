@@ -31,13 +31,15 @@ def evaluate(eval_step, params, stats, batches: Iterable[Dict[str, Any]], shard)
 
 def results_table(net: RSNet, accuracies: Dict[str, float], resolutions: Sequence[int],
                   trained: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-  """A JSON-ready table: one row per resolution (MACs, top-1, top-5) and the ensemble row."""
+  """A JSON-ready table: one row per resolution (MACs, top-1, top-5), the ensemble row, the number
+  of images counted and of unreadable ones skipped (`accuracies['skipped']`)."""
   trained = tuple(trained or net.resolutions)
   rows = []
   for res in sorted(resolutions, reverse=True):
     rows.append({'resolution': res, 'macs': net.macs(res), 'trained': res in trained,
                  'top1': accuracies.get(f'top1/{res}'), 'top5': accuracies.get(f'top5/{res}')})
-  table = {'arch': net.arch, 'rows': rows, 'count': accuracies.get('count')}
+  table = {'arch': net.arch, 'rows': rows, 'count': accuracies.get('count'),
+           'skipped_images': accuracies.get('skipped', 0)}
   if 'top1/ensemble' in accuracies:
     table['ensemble'] = {'top1': accuracies['top1/ensemble'], 'top5': accuracies['top5/ensemble'],
                          'macs': sum(net.macs(r) for r in net.resolutions)}
@@ -54,7 +56,9 @@ def markdown(table: Dict[str, Any], title: str = '') -> str:
     ens = table['ensemble']
     lines.append(f"| ensemble (all) | {format_macs(ens['macs'])} | {_pct(ens['top1'])} | {_pct(ens['top5'])} |")
   if table.get('count'):
-    lines += ['', f"{table['count']} validation images, each counted once."]
+    skipped = table.get('skipped_images', 0)
+    lines += ['', f"{table['count']} validation images, each counted once" +
+              (f"; {skipped} unreadable images skipped." if skipped else '; none skipped.')]
   return '\n'.join(lines) + '\n'
 
 

@@ -1,16 +1,16 @@
 """Command line: `python -m rsnets_jax.main --config=configs/resnet18.py --workdir=runs/r18`.
 
 Any config field can be changed on the command line (`--config.data.batch_size=512`); an unknown
-field is an error. `--config.mode=eval` evaluates the workdir's latest checkpoint instead of
-training.
+field is an error that names the closest ones. `--config.mode=eval` evaluates a checkpoint of the
+workdir (`--config.eval_checkpoint`: latest, best or a step number) instead of training, and writes
+its reports to `<workdir>/eval/<step>/` (or `--config.eval_dir`), never over the training reports.
 """
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from rsnets_jax import cli
-from rsnets_jax.errors import ConfigError
+from rsnets_jax import cli, defaults
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
@@ -21,6 +21,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def run(config, workdir: str):
   import jax  # pylint: disable=import-outside-toplevel
+  defaults.check(config)
+  cli.setup_logging()  # before JAX starts its backends, which log at INFO
   if config.distributed:
     # On Cloud TPU and SLURM every argument is discovered; elsewhere the config gives them.
     kwargs = {k: config[k] for k in ('coordinator_address', 'num_processes', 'process_id')
@@ -30,10 +32,8 @@ def run(config, workdir: str):
   from rsnets_jax import loop  # pylint: disable=import-outside-toplevel
   if config.mode == 'train':
     loop.train_and_evaluate(config, workdir)
-  elif config.mode == 'eval':
-    loop.evaluate_checkpoint(config, workdir)
   else:
-    raise ConfigError(f"config.mode must be 'train' or 'eval', got {config.mode!r}")
+    loop.evaluate_checkpoint(config, workdir)
 
 
 def main(argv):

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsnets_jax import quantizers
 from rsnets_jax.conv import Conv
 
 ModuleDef = Any
@@ -30,6 +31,11 @@ BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch
 # In train mode every BatchNorm also sows, into this collection when the caller makes it mutable,
 # the batch mean and unbiased variance that its running statistics move towards.
 BATCH_MOMENTS = 'batch_moments'
+# The learned quantizers' state (basis, biased, step), shared by every resolution, and the
+# least-squares basis each quantizer computes in a forward pass (sown when the caller makes it
+# mutable), which the train step folds into the state after the optimiser update.
+QUANTIZERS = 'quantizers'
+QUANTIZER_TARGETS = 'quantizer_targets'
 
 
 def torch_linear_bias_init(fan_in: int) -> Callable:
@@ -58,13 +64,14 @@ class SwitchableBatchNorm(nn.Module):
   shared: bool = False
   group_size: Optional[int] = None
   dtype: Any = jnp.float32
+  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x):
     features = x.shape[-1]
     keys = ('shared',) if self.shared else tuple(str(r) for r in self.resolutions)
     # All resolutions' affine parameters exist from init on, whichever resolution is called.
-    scales = {k: self.param(f'scale_{k}', nn.initializers.ones, (features,)) for k in keys}
+    scales = {k: self.param(f'scale_{k}', self.scale_init, (features,)) for k in keys}
     biases = {k: self.param(f'bias_{k}', nn.initializers.zeros, (features,)) for k in keys}
     key = 'shared' if self.shared else str(self.resolution)
     if key not in scales:
@@ -252,9 +259,173 @@ class MobileNetV2(RSNetModule):
     return _dense(self.num_classes, x.shape[-1], 'classifier', torch_default=False)(x)
 
 
+# -- quantized RS-Nets: the LQ-Nets reference's TensorFlow ResNets -------------------------------
+
+class Quantizer(nn.Module):
+  """A learned LQ-Nets quantizer of `bits` bits (rsnets_jax/quantizers.py) for a kernel
+  (`kind='weight'`, one basis per output channel) or activations (`kind='activation'`, one basis).
+  Its state lives in the QUANTIZERS collection, which no resolution owns; the refit target is sown
+  into QUANTIZER_TARGETS under the name of its kind."""
+  bits: int
+  kind: str
+
+  @nn.compact
+  def __call__(self, x):
+    if self.kind == 'weight':
+      init, quantize = quantizers.init_weight_basis(self.bits, x.shape), quantizers.quantize_weight
+    else:
+      init, quantize = quantizers.init_activation_basis(self.bits), quantizers.quantize_activation
+    state = {name: self.variable(QUANTIZERS, name, lambda v=v: v).value
+             for name, v in quantizers.init_state(init).items()}
+    y, target = quantize(x, state['basis'])
+    if not self.is_initializing():
+      self.sow(QUANTIZER_TARGETS, self.kind, target, reduce_fn=_last, init_fn=lambda: None)
+    return y.astype(x.dtype)
+
+
+def _identity(name=None):
+  del name
+  return lambda x: x
+
+
+def activation_quantizer(bits: int) -> ModuleDef:
+  """The activation quantizer as a ModuleDef, or the identity at 32 bits."""
+  if not quantizers.quantized(bits):
+    return _identity
+  return functools.partial(Quantizer, bits, 'activation')
+
+
+class LQResNet(RSNetModule):
+  """The ResNets of the quantized reference (quantization/models/resnet.py): TF 'SAME' padding,
+  every convolution but the 7x7 stem quantized to `weight_bits` (1x1 shortcuts included), a full
+  precision classifier; shortcut convolutions only where the channel count changes.
+
+  `preact=False`: the post-activation ResNet of the reference's W2/A32 models (`--mode resnet`),
+  the last BatchNorm of each block with scale initialised to 0. `preact=True`: its pre-activation
+  ResNet (`--mode preact`) with `activation_bits` quantizers where the reference has them.
+  """
+  stage_sizes: Sequence[int] = ()
+  bottleneck: bool = False
+  preact: bool = False
+  width: int = 64
+  weight_bits: int = 2
+  activation_bits: int = quantizers.FULL_PRECISION
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, resolution: Optional[int] = None):
+    self.declare_alpha()
+    norm = self.bind_norm(resolution or x.shape[1], train)
+    # TF1 contrib's variance_scaling_initializer(mode='FAN_OUT'): a truncated normal, He scale.
+    init = nn.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
+    conv = functools.partial(Conv, dtype=self.dtype, padding='same', kernel_init=init)
+    quantized_conv = conv
+    if quantizers.quantized(self.weight_bits):
+      quantized_conv = functools.partial(
+          conv, kernel_quantizer=functools.partial(Quantizer, self.weight_bits, 'weight'))
+    quantize = activation_quantizer(self.activation_bits)
+    block_cls = LQPreActBlock if self.preact else LQBlock
+    x = x.astype(self.dtype)
+    x = conv(self.width, 7, 2, name='conv1')(x)
+    x = nn.relu(norm(name='bn1')(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    for i, blocks in enumerate(self.stage_sizes):
+      for b in range(blocks):
+        strides = 2 if i > 0 and b == 0 else 1
+        if not self.preact:
+          preact = None
+        elif b == 0:
+          # A stride-2 stage's first block takes the previous stage's already quantized output.
+          preact = 'quantize' if strides == 1 else 'none'
+        else:
+          preact = 'bn_relu_quantize'
+        x = block_cls(self.width * 2**i, strides, quantized_conv, norm, self.bottleneck,
+                      quantize=quantize, preact=preact, name=f'layer{i + 1}_{b}')(x)
+      if self.preact:
+        # The end of each stage: BN-ReLU, quantized except before the pooling and classifier.
+        x = nn.relu(norm(name=f'layer{i + 1}_bn_last')(x))
+        if i + 1 < len(self.stage_sizes):
+          x = quantize(name=f'layer{i + 1}_quant_last')(x)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    # tensorpack's FullyConnected default: He (fan-in) truncated normal, zero bias.
+    return nn.Dense(self.num_classes, name='fc',
+                    kernel_init=nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'))(x)
+
+
+class _LQBlockBase(nn.Module):
+  """What both blocks of the quantized reference take; `quantize` is the activation quantizer."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  bottleneck: bool = False
+  quantize: ModuleDef = _identity
+  preact: Optional[str] = None
+
+
+class LQBlock(_LQBlockBase):
+  """Post-activation basic block or bottleneck (stride on the 3x3) of the W2/A32 models."""
+
+  @nn.compact
+  def __call__(self, x):
+    zeros = nn.initializers.zeros
+    if self.bottleneck:
+      out = 4 * self.features
+      y = nn.relu(self.norm(name='bn1')(self.conv(self.features, 1, name='conv1')(x)))
+      y = nn.relu(self.norm(name='bn2')(self.conv(self.features, 3, self.strides, name='conv2')(y)))
+      y = self.norm(name='bn3', scale_init=zeros)(self.conv(out, 1, name='conv3')(y))
+    else:
+      out = self.features
+      y = nn.relu(self.norm(name='bn1')(self.conv(out, 3, self.strides, name='conv1')(x)))
+      y = self.norm(name='bn2', scale_init=zeros)(self.conv(out, 3, name='conv2')(y))
+    if x.shape[-1] != out:
+      x = self.norm(name='downsample_bn')(self.conv(out, 1, self.strides, name='downsample_conv')(x))
+    return nn.relu(y + x)
+
+
+class LQPreActBlock(_LQBlockBase):
+  """Pre-activation basic block or bottleneck of the W2/A2 models. `preact`: 'bn_relu_quantize'
+  (shortcut = x, input Q(ReLU(BN(x)))), 'quantize' (a stride-1 stage's first block: shortcut = x,
+  input Q(x)) or 'none' (a stride-2 stage's first block, whose input is already quantized)."""
+
+  @nn.compact
+  def __call__(self, x):
+    # The shortcut is always the block's input before the pre-activation. For the bottleneck of
+    # ResNet-50's first block that means its shortcut convolution sees the unquantized max-pool
+    # output: the reference passes 'basic' to apply_preactivation for both block kinds (RN:75).
+    shortcut = x
+    if self.preact == 'bn_relu_quantize':
+      x = self.quantize(name='quant1')(nn.relu(self.norm(name='bn_preact')(x)))
+    elif self.preact == 'quantize':
+      x = self.quantize(name='quant1')(x)
+    if self.bottleneck:
+      out = 4 * self.features
+      y = self.quantize(name='quant2')(
+          nn.relu(self.norm(name='bn1')(self.conv(self.features, 1, name='conv1')(x))))
+      y = self.quantize(name='quant3')(
+          nn.relu(self.norm(name='bn2')(self.conv(self.features, 3, self.strides, name='conv2')(y))))
+      y = self.norm(name='bn3')(self.conv(out, 1, name='conv3')(y))
+    else:
+      out = self.features
+      y = self.quantize(name='quant2')(
+          nn.relu(self.norm(name='bn1')(self.conv(out, 3, self.strides, name='conv1')(x))))
+      y = self.norm(name='bn2')(self.conv(out, 3, name='conv2')(y))
+    if shortcut.shape[-1] != out:
+      shortcut = self.norm(name='downsample_bn')(
+          self.conv(out, 1, self.strides, name='downsample_conv')(shortcut))
+    return y + shortcut
+
+
 ARCHITECTURES = {
     'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
     'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock),
     'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
     'mobilenet_v2': MobileNetV2,
+    'lq_resnet18': functools.partial(LQResNet, stage_sizes=(2, 2, 2, 2)),
+    'lq_resnet50': functools.partial(LQResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True),
+    'lq_preact_resnet18': functools.partial(LQResNet, stage_sizes=(2, 2, 2, 2), preact=True),
+    'lq_preact_resnet50': functools.partial(LQResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True,
+                                            preact=True),
 }
+# The architectures whose convolutions (and, pre-activation, activations) can be quantized.
+QUANTIZABLE = ('lq_resnet18', 'lq_resnet50', 'lq_preact_resnet18', 'lq_preact_resnet50')
+ACTIVATION_QUANTIZABLE = ('lq_preact_resnet18', 'lq_preact_resnet50')

@@ -11,6 +11,7 @@ training (`rsnets_jax.add_resolution`); `all_resolutions` lists both. Training, 
 ensemble use the training resolutions only.
 """
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsnets_jax import models
+from rsnets_jax import models, quantizers
 from rsnets_jax.conv import Conv
 from rsnets_jax.errors import ConfigError
 
@@ -40,6 +41,8 @@ class RSNet:
   shared_bn: bool = False
   bn_group_size: Optional[int] = None
   dtype: str = 'float32'
+  weight_bits: int = quantizers.FULL_PRECISION
+  activation_bits: int = quantizers.FULL_PRECISION
   extra_resolutions: Tuple[int, ...] = ()
 
   def __post_init__(self):
@@ -48,6 +51,15 @@ class RSNet:
     res = tuple(int(r) for r in self.resolutions)
     if not res or list(res) != sorted(set(res), reverse=True):
       raise ConfigError(f'resolutions must be distinct and largest first, got {self.resolutions}')
+    if res[-1] <= 0:
+      raise ConfigError(f'resolutions must be positive, got {self.resolutions}')
+    if self.num_classes < 1:
+      raise ConfigError(f'num_classes must be at least 1, got {self.num_classes}')
+    if self.width <= 0:
+      raise ConfigError(f'width must be positive, got {self.width}')
+    if self.bn_group_size is not None and self.bn_group_size < 1:
+      raise ConfigError(f'bn_group_size must be None (the global batch) or at least 1, got '
+                        f'{self.bn_group_size}')
     object.__setattr__(self, 'resolutions', res)
     extra = tuple(int(r) for r in self.extra_resolutions)
     if len(set(extra)) != len(extra) or set(extra) & set(res) or any(r <= 0 for r in extra):
@@ -56,6 +68,13 @@ class RSNet:
     object.__setattr__(self, 'extra_resolutions', tuple(sorted(extra, reverse=True)))
     if self.dtype not in DTYPES:
       raise ConfigError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
+    if quantizers.quantized(self.weight_bits) and self.arch not in models.QUANTIZABLE:
+      raise ConfigError(f'weight_bits={self.weight_bits} needs one of the quantized reference\'s '
+                        f'networks {models.QUANTIZABLE}, not {self.arch!r}')
+    if (quantizers.quantized(self.activation_bits) and
+        self.arch not in models.ACTIVATION_QUANTIZABLE):
+      raise ConfigError(f'activation_bits={self.activation_bits} needs a pre-activation network '
+                        f'{models.ACTIVATION_QUANTIZABLE}, not {self.arch!r}')
 
   @property
   def all_resolutions(self) -> Tuple[int, ...]:
@@ -63,14 +82,22 @@ class RSNet:
     return tuple(sorted(self.resolutions + self.extra_resolutions, reverse=True))
 
   @property
+  def quantized(self) -> bool:
+    """Whether the network has learned quantizers (their state is `params['quantizers']`)."""
+    return (quantizers.quantized(self.weight_bits) or
+            quantizers.quantized(self.activation_bits))
+
+  @property
   def module(self) -> nn.Module:
     kwargs = dict(resolutions=self.resolutions, num_classes=self.num_classes,
                   shared_bn=self.shared_bn, bn_group_size=self.bn_group_size,
                   dtype=DTYPES[self.dtype], extra_resolutions=self.extra_resolutions)
-    if self.arch.startswith('resnet'):
+    if 'resnet' in self.arch:
       kwargs['width'] = int(round(64 * self.width))
     else:
       kwargs['width'] = float(self.width)
+    if self.arch in models.QUANTIZABLE:
+      kwargs.update(weight_bits=self.weight_bits, activation_bits=self.activation_bits)
     return models.ARCHITECTURES[self.arch](**kwargs)
 
   def config(self) -> Dict[str, Any]:
@@ -85,15 +112,15 @@ class RSNet:
     options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
     variables = init.compile(compiler_options=options)(rng)
     # A copy per resolution: the trees must not share buffers (they are donated to the train step).
-    return variables['params'], {r: self._tag(jax.tree.map(jnp.copy, variables['batch_stats']), r)
-                                 for r in self.all_resolutions}
+    return _params(variables), {r: self._tag(jax.tree.map(jnp.copy, variables['batch_stats']), r)
+                                for r in self.all_resolutions}
 
   def init_shapes(self) -> Tuple[Any, Dict[int, Any]]:
     """`init`'s output as shapes and dtypes, computing nothing."""
     variables = jax.eval_shape(self._init_variables, jax.random.key(0))
     tag = jax.ShapeDtypeStruct((), jnp.int32)
-    return variables['params'], {r: {RESOLUTION_KEY: tag, **variables['batch_stats']}
-                                 for r in self.all_resolutions}
+    return _params(variables), {r: {RESOLUTION_KEY: tag, **variables['batch_stats']}
+                                for r in self.all_resolutions}
 
   def _init_variables(self, rng):
     res = min(self.resolutions)  # parameter shapes do not depend on the resolution
@@ -107,6 +134,8 @@ class RSNet:
     """Logits of `x` (N, r, r, 3) at resolution r with that resolution's BatchNorm.
 
     With `train=True` BatchNorm uses batch statistics and the updated `stats` are returned too.
+    The quantizers of a quantized network are not updated here: `forward` returns their refit
+    targets and `update_quantizers` folds them in, as the train step does.
     """
     res = self.resolution_of(x)
     out = self.forward(params, self.check_stats(stats, res), x, train)
@@ -120,12 +149,25 @@ class RSNet:
     return logits
 
   def forward(self, params, batch_stats, x, train: bool = False):
-    """`apply` on the untagged statistics tree (for code that already knows the resolution)."""
-    variables = {'params': params, 'batch_stats': batch_stats}
+    """`apply` on the untagged statistics tree (for code that already knows the resolution).
+    With `train=True`: (logits, updated statistics, quantizer refit targets), the targets an empty
+    dict for a full-precision network."""
+    variables = {**_variables(params), 'batch_stats': batch_stats}
     if train:
-      logits, updated = self.module.apply(variables, x, train=True, mutable=['batch_stats'])
-      return logits, updated['batch_stats']
+      logits, updated = self.module.apply(variables, x, train=True,
+                                          mutable=['batch_stats', models.QUANTIZER_TARGETS])
+      return logits, updated['batch_stats'], updated.get(models.QUANTIZER_TARGETS, {})
     return self.module.apply(variables, x)
+
+  def update_quantizers(self, params, targets_by_resolution, activations_from_largest_only=False):
+    """`params` with every quantizer moved by the refit targets of `forward(train=True)`, one
+    update per resolution in the order given (largest first, as the reference's update ops);
+    see quantizers.fold_targets. A full-precision network's params come back unchanged."""
+    if models.QUANTIZERS not in params:
+      return params
+    states = quantizers.fold_targets(params[models.QUANTIZERS], targets_by_resolution,
+                                     activations_from_largest_only)
+    return {**params, models.QUANTIZERS: states}
 
   def batch_moments(self, params, x):
     """Every BatchNorm's batch mean and unbiased batch variance of `x` (N, r, r, 3) in train mode,
@@ -133,13 +175,16 @@ class RSNet:
     towards. BatchNorm recalibration averages them over batches."""
     self.resolution_of(x)
     # The running statistics are created (and discarded): train mode never reads them.
-    _, variables = self.module.apply({'params': params}, x, train=True,
+    _, variables = self.module.apply(_variables(params), x, train=True,
                                      mutable=['batch_stats', models.BATCH_MOMENTS])
     return variables[models.BATCH_MOMENTS]
 
   def resolution_of(self, x) -> int:
     if x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[3] != 3:
       raise ValueError(f'expected images (N, r, r, 3) in NHWC, got shape {tuple(x.shape)}')
+    # uint8 pixels would run as values up to 255, 255 times the [0, 1] the network learned on.
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f'expected float images in [0, 1], got {x.dtype}: pass x / 255 as float32')
     res = int(x.shape[1])
     if res not in self.all_resolutions:
       raise ValueError(f'this network has BatchNorm for resolutions {self.all_resolutions}, not '
@@ -159,7 +204,29 @@ class RSNet:
 
   def macs(self, res: int) -> int:
     """Multiply-accumulates of one image at `res` (convolutions and classifier, as the paper)."""
-    return count_macs(self.module, res)
+    return _macs(self, int(res))
+
+
+def _params(variables):
+  """The `params` tree of a network's Flax variables: the parameters, and the quantizers' state
+  (shared by every resolution, never trained by the optimiser) as its 'quantizers' subtree."""
+  if models.QUANTIZERS in variables:
+    return {**variables['params'], models.QUANTIZERS: variables[models.QUANTIZERS]}
+  return variables['params']
+
+
+def _variables(params):
+  """`_params` undone: the Flax variables of a `params` tree (without BatchNorm statistics)."""
+  if models.QUANTIZERS in params:
+    return {'params': {k: v for k, v in params.items() if k != models.QUANTIZERS},
+            models.QUANTIZERS: params[models.QUANTIZERS]}
+  return {'params': params}
+
+
+@functools.lru_cache(maxsize=256)
+def _macs(net: RSNet, res: int) -> int:
+  # Counting traces the network; every report asks again for the same numbers.
+  return count_macs(net.module, res)
 
 
 def count_macs(module: nn.Module, res: int) -> int:
@@ -186,11 +253,15 @@ def count_macs(module: nn.Module, res: int) -> int:
 
 def create_model(arch: str, resolutions: Sequence[int] = (224, 192, 160, 128, 96),
                  num_classes: int = 1000, **kwargs) -> RSNet:
-  """An RS-Net by name: 'resnet18', 'resnet34', 'resnet50' or 'mobilenet_v2'.
+  """An RS-Net by name: 'resnet18', 'resnet34', 'resnet50' or 'mobilenet_v2' (the full-precision
+  reference's PyTorch layouts), or the quantized reference's TensorFlow ResNets 'lq_resnet18',
+  'lq_resnet50' (post-activation) and 'lq_preact_resnet18', 'lq_preact_resnet50'.
 
   Options: `width` (channel multiplier, 1.0 is the paper's), `shared_bn` (one BatchNorm for every
   resolution, the ablation), `bn_group_size` (training statistics over groups of that many
   examples), `dtype` ('float32' or 'bfloat16' compute; parameters stay float32),
+  `weight_bits` and `activation_bits` (1 to 4, or 32 for full precision; LQ-Nets quantizers on
+  the lq_ networks, activations on the pre-activation ones only),
   `extra_resolutions` (BatchNorm for resolutions added after training, see `add_resolution`).
   """
   return RSNet(arch, tuple(resolutions), num_classes, **kwargs)

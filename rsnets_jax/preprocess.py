@@ -7,10 +7,21 @@ from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rsnets_jax.errors import ConfigError
 
 FLIPS = ('per_resolution', 'shared', 'none')
+# How the smaller training views are made from the largest crop: antialiased bilinear (as the
+# full-precision reference's PIL resize of each view), or TF1's nearest neighbour (the quantized
+# reference: tf.image.resize_images(..., NEAREST_NEIGHBOR) of the 224 crop inside the graph).
+VIEW_RESIZES = ('antialiased_bilinear', 'nearest_tf1')
+# fb.resnet.torch's PCA lighting (RGB), used by the quantized reference through tensorpack.
+LIGHTING_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32) * 255.0
+LIGHTING_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                            [-0.5808, -0.0045, -0.8140],
+                            [-0.5836, -0.6948, 0.4203]], np.float32)
+_LIGHTING_STREAM = 1 << 16  # fold_in constant: the lighting draws, apart from the flips'
 
 
 def to_float(images, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
@@ -26,12 +37,37 @@ def to_float(images, mean: Optional[Sequence[float]] = None, std: Optional[Seque
   return x
 
 
-def resize(images, res: int):
-  """Bilinear, antialiased resize of float NHWC images to res x res (as PIL and torchvision do)."""
+def resize(images, res: int, method: str = 'antialiased_bilinear'):
+  """NHWC images to res x res: bilinear with antialiasing (as PIL and torchvision), or TF1's
+  nearest neighbour (`nearest_tf1_indices`)."""
+  if method not in VIEW_RESIZES:
+    raise ConfigError(f'data.view_resize must be one of {VIEW_RESIZES}, got {method!r}')
   n, h, w, c = images.shape
   if (h, w) == (res, res):
     return images
+  if method == 'nearest_tf1':
+    rows, cols = nearest_tf1_indices(h, res), nearest_tf1_indices(w, res)
+    return jnp.take(jnp.take(images, rows, axis=1), cols, axis=2)
   return jax.image.resize(images, (n, res, res, c), method='linear', antialias=True)
+
+
+def nearest_tf1_indices(in_size: int, out_size: int) -> np.ndarray:
+  """The source index of each output pixel of TF1's nearest-neighbour resize (align_corners and
+  half_pixel_centers False): min(floor(float32(i) * float32(in / out)), in - 1). It differs from
+  `jax.image.resize(method='nearest')`, which samples pixel centres, floor((i + 0.5) * in / out)."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  source = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(source, in_size - 1)
+
+
+def pca_lighting(images, key, std: float):
+  """AlexNet-style PCA lighting on [0, 255] RGB float images: each image gets
+  eigvec @ (alpha * eigval), alpha ~ N(0, std^2) per component, added to every pixel, then is
+  clipped to [0, 255] (tensorpack's Lighting, which also truncates back to uint8; this float
+  pipeline does not)."""
+  alpha = std * jax.random.normal(key, (images.shape[0], 3))
+  shift = (alpha * LIGHTING_EIGVAL) @ LIGHTING_EIGVEC.T
+  return jnp.clip(images + shift[:, None, None, :], 0.0, 255.0)
 
 
 def random_flip(images, key):
@@ -40,20 +76,27 @@ def random_flip(images, key):
 
 
 def train_views(crops, resolutions: Sequence[int], key, flip: str = 'per_resolution',
-                mean=None, std=None) -> Dict[int, jax.Array]:
+                mean=None, std=None, view_resize: str = 'antialiased_bilinear',
+                lighting: float = 0.0) -> Dict[int, jax.Array]:
   """Every resolution's training input from uint8 crops (N, R, R, 3) at the largest resolution.
 
   `flip='per_resolution'` draws an independent horizontal flip for each resolution, as the
-  reference; `'shared'` flips an image the same way at every resolution; `'none'` never flips.
+  full-precision reference; `'shared'` flips the crop once, before the smaller views are made
+  from it (the quantized reference); `'none'` never flips. `lighting` > 0 adds PCA lighting of
+  that standard deviation to the crop first. `view_resize`: see VIEW_RESIZES.
   """
   if flip not in FLIPS:
     raise ConfigError(f'data.flip must be one of {FLIPS}, got {flip!r}')
   x = crops.astype(jnp.float32)
   keys = jax.random.split(key, len(resolutions))
+  if lighting:
+    x = pca_lighting(x, jax.random.fold_in(key, _LIGHTING_STREAM), lighting)
+  if flip == 'shared':
+    x = random_flip(x, keys[0])
   views = {}
   for i, res in enumerate(resolutions):
-    v = resize(x, res)
-    if flip != 'none':
-      v = random_flip(v, keys[0] if flip == 'shared' else keys[i])
+    v = resize(x, res, view_resize)
+    if flip == 'per_resolution':
+      v = random_flip(v, keys[i])
     views[res] = to_float(v, mean, std)
   return views

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsnets_jax import losses, preprocess
 from rsnets_jax.errors import ConfigError
+from rsnets_jax.models import QUANTIZERS
 from rsnets_jax.network import RESOLUTION_KEY, RSNet
 
 DATA_AXIS = 'data'
@@ -41,33 +42,68 @@ class TrainState:
 
 # -- optimiser and state --------------------------------------------------------------------------
 
+SCHEDULES = ('cosine', 'steps')
+WEIGHT_DECAY_ON = ('all', 'kernels')
+
+
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
-  """Per-step cosine decay to zero over `total_steps`, after an optional linear warm-up of
-  `optim.warmup_epochs` (the reference has none)."""
+  """After an optional linear warm-up of `optim.warmup_epochs` (the references have none):
+  'cosine', per-step cosine decay to zero at `total_steps` (the full-precision reference), or
+  'steps', the rate times `optim.decay_factor` at each of `optim.decay_epochs` (the quantized
+  reference: x0.1 at epochs 30, 60, 85, 95, 105 of 120)."""
+  if optim.schedule not in SCHEDULES:
+    raise ConfigError(f'optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}')
   total = max(int(total_steps), 1)
   warmup = int(optim.warmup_epochs * steps_per_epoch)
   if warmup >= total:
     raise ConfigError(f'optim.warmup_epochs={optim.warmup_epochs} ({warmup} steps) leaves nothing '
                       f'of the {total}-step schedule; make it shorter than num_epochs')
-  if warmup:
-    return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, total, 0.0)
-  return optax.cosine_decay_schedule(optim.learning_rate, total)
+  if optim.schedule == 'cosine':
+    if warmup:
+      return optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, total, 0.0)
+    return optax.cosine_decay_schedule(optim.learning_rate, total)
+  epochs = tuple(optim.decay_epochs)
+  if list(epochs) != sorted(set(epochs)) or any(e <= 0 for e in epochs):
+    raise ConfigError(f'optim.decay_epochs must be increasing positive epochs, got {epochs}')
+  boundaries = {int(round(e * steps_per_epoch)): optim.decay_factor for e in epochs}
+  steps = optax.piecewise_constant_schedule(optim.learning_rate, boundaries)
+  if not warmup:
+    return steps
+  ramp = optax.linear_schedule(0.0, optim.learning_rate, warmup)
+  return optax.join_schedules([ramp, lambda step: steps(step + warmup)], [warmup])
+
+
+def _kernels(params):
+  """True at convolution and classifier kernels (leaves named 'kernel'), False elsewhere."""
+  return flax.traverse_util.path_aware_map(lambda path, _: path[-1] == 'kernel', params)
 
 
 def create_optimizer(optim: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
-  """SGD as the reference: weight decay added to the gradient of every parameter (BatchNorm and
-  alpha included), then momentum without dampening, no Nesterov unless the config asks.
-  Returns the optimiser and its learning-rate schedule."""
+  """SGD as the references: weight decay added to the gradient (`optim.weight_decay_on`: 'all'
+  parameters, BatchNorm and alpha included, as the full-precision reference; or 'kernels' only,
+  as the quantized one), then momentum without dampening, Nesterov if the config asks.
+  Returns the optimiser and its learning-rate schedule. It updates `trainable(params)`."""
+  if optim.weight_decay_on not in WEIGHT_DECAY_ON:
+    raise ConfigError(f'optim.weight_decay_on must be one of {WEIGHT_DECAY_ON}, '
+                      f'got {optim.weight_decay_on!r}')
   schedule = learning_rate_schedule(optim, total_steps, steps_per_epoch)
-  tx = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+  mask = _kernels if optim.weight_decay_on == 'kernels' else None
+  tx = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=mask),
                    optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
   return tx, schedule
 
 
+def trainable(params):
+  """What the optimiser updates: every parameter, but not a quantized network's quantizer state
+  (moved by its own least-squares refit, never by gradients or weight decay)."""
+  return {k: v for k, v in params.items() if k != QUANTIZERS}
+
+
 def create_train_state(net: RSNet, tx: optax.GradientTransformation, key) -> TrainState:
   params, stats = net.init(key)
-  return TrainState(step=jnp.int32(0), params=params, stats=stats, opt_state=tx.init(params))
+  return TrainState(step=jnp.int32(0), params=params, stats=stats,
+                    opt_state=tx.init(trainable(params)))
 
 
 def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
@@ -118,25 +154,30 @@ def _untagged(stats):
   return {k: v for k, v in stats.items() if k != RESOLUTION_KEY}
 
 
-def compute_train_loss(params, stats, views, labels, net: RSNet, distillation: str):
-  """Loss over every resolution, the new statistics, and the parts of the loss.
+def compute_train_loss(train_params, params, stats, views, labels, net: RSNet, distillation: str):
+  """Loss over every resolution, the new statistics, the parts of the loss, and each
+  resolution's quantizer refit targets (largest first; empty for a full-precision network).
+  `train_params` (differentiated) replaces the trainable part of `params`; every resolution's
+  forward reads the same start-of-step quantizer state.
 
   With private BatchNorm each resolution starts from its own statistics. With one shared BatchNorm
   the resolutions update the same statistics one after the other, as a single BatchNorm module
   called once per resolution does in PyTorch.
   """
-  logits, new_stats = [], {}
+  params = {**params, **train_params}
+  logits, new_stats, targets = [], {}, []
   carried = None
   for res in net.resolutions:
     bn_in = carried if (net.shared_bn and carried is not None) else _untagged(stats[res])
-    z, carried = net.forward(params, bn_in, views[res], train=True)
+    z, carried, quantizer_targets = net.forward(params, bn_in, views[res], train=True)
     logits.append(z)
     new_stats[res] = carried
+    targets.append(quantizer_targets)
   if net.shared_bn:
     new_stats = {res: carried for res in net.resolutions}
   new_stats = {res: {RESOLUTION_KEY: stats[res][RESOLUTION_KEY], **s} for res, s in new_stats.items()}
   loss, parts = losses.rs_loss(logits, labels, params['alpha'], distillation)
-  return loss, (new_stats, parts, logits)
+  return loss, (new_stats, parts, logits, targets)
 
 
 def input_normalisation(data: ml_collections.ConfigDict):
@@ -164,23 +205,29 @@ def make_train_step(net: RSNet, config: ml_collections.ConfigDict, total_steps: 
   first traced."""
   mean, std = input_normalisation(config.data)
   return _train_step(net, _frozen(config.optim), config.distillation, config.data.flip, mean, std,
+                     config.data.view_resize, float(config.data.lighting),
                      int(total_steps), int(steps_per_epoch), mesh)
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step(net: RSNet, optim, distillation: str, flip: str, mean, std, total_steps: int,
+def _train_step(net: RSNet, optim, distillation: str, flip: str, mean, std, view_resize: str,
+                lighting: float, total_steps: int,
                 steps_per_epoch: int, mesh: Mesh):
   tx, schedule = create_optimizer(optim, total_steps, steps_per_epoch)
 
   def train_step(state: TrainState, batch, rng):
     key = jax.random.fold_in(rng, state.step)
-    views = preprocess.train_views(batch['image'], net.resolutions, key, flip, mean, std)
+    views = preprocess.train_views(batch['image'], net.resolutions, key, flip, mean, std,
+                                   view_resize, lighting)
     labels = batch['label']
     grad_fn = jax.value_and_grad(compute_train_loss, has_aux=True)
-    (loss, (new_stats, parts, logits)), grads = grad_fn(
-        state.params, state.stats, views, labels, net, distillation)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    train_params = trainable(state.params)
+    (loss, (new_stats, parts, logits, targets)), grads = grad_fn(
+        train_params, state.params, state.stats, views, labels, net, distillation)
+    updates, opt_state = tx.update(grads, state.opt_state, train_params)
+    params = {**state.params, **optax.apply_updates(train_params, updates)}
+    # The quantizers' S refits, folded after the optimiser update, largest resolution first.
+    params = net.update_quantizers(params, targets, optim.refit_activations_from_largest_only)
     metrics = {'loss': loss, 'ens_ce': parts['ens_ce'], 'kd': parts['kd'],
                'learning_rate': schedule(state.step),
                'alpha': jax.nn.softmax(params['alpha'])}

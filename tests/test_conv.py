@@ -138,3 +138,25 @@ def test_rejects_bad_arguments():
     conv.conv2d(x, kernel, impl='im2col')
   with pytest.raises(ValueError, match='does not fit'):
     conv.conv2d(x, kernel, groups=2)
+
+
+@pytest.mark.parametrize('size,k,stride', [(8, 3, 2), (7, 3, 2), (8, 7, 2), (9, 7, 2), (8, 1, 2),
+                                           (6, 3, 1), (2, 3, 2), (1, 3, 2)])
+def test_same_padding_is_tensorflows(size, k, stride):
+  """padding='same' (the quantized reference's): TF pads one more after than before where the
+  total is odd; both impls equal lax's own 'SAME' convolution, gradients included."""
+  rng = np.random.default_rng(size * k)
+  x = jnp.asarray(rng.standard_normal((2, size, size, 8), np.float32))
+  kernel = jnp.asarray(rng.standard_normal((k, k, 8, 16), np.float32))
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert conv.output_size(size, k, stride, 'same') == expected.shape[1] == -(-size // stride)
+  for impl in ('native', 'matmul'):
+    f = lambda x, w, impl=impl: conv.conv2d(x, w, stride, impl=impl, padding='same')
+    assert_close(f(x, kernel), expected, 1e-5)
+    grads = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, kernel)
+    ref = jax.grad(lambda x, w: jnp.sum(jax.lax.conv_general_dilated(
+        x, w, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2),
+        argnums=(0, 1))(x, kernel)
+    for g, r in zip(grads, ref):
+      assert_close(g, r, 1e-4)

@@ -175,7 +175,8 @@ def test_refuses_a_checkpoint_that_runs_code(torch, tmp_path, container):
                 'extra': payload}, src)
   else:
     src.write_bytes(pickle.dumps(payload, protocol=2))  # torch's safe unpickler reads protocol 2
-  with pytest.raises(convert.ConversionError, match='refusing to load .*posix.system') as e:
+  with pytest.raises(convert.ConversionError,
+                     match='refusing to load .*: it needs unsafe unpickling .*posix.system') as e:
     convert.convert('resnet18', src, tmp_path / 'out')
   assert '\n' not in str(e.value)
   assert not marker.exists()
@@ -195,6 +196,36 @@ def test_cli_error_is_one_line_and_nothing_runs(torch, tmp_path):
   assert len(errors) == 1 and 'refusing to load' in errors[0], result.stderr
   assert 'Traceback' not in result.stderr
   assert not marker.exists() and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.usefixtures('torch')
+@pytest.mark.parametrize('content,said', [
+    (np.random.default_rng(0).bytes(3000), 'is not a PyTorch checkpoint: it is neither the zip '
+                                           'archive nor the pickle that torch.save writes'),
+    (b'hello, this is a text file\n', 'is not a PyTorch checkpoint: it is neither the zip '
+                                      'archive nor the pickle that torch.save writes'),
+    (pickle.dumps({'a': 1}, protocol=2), 'is not a PyTorch checkpoint: a pickle, but not one '
+                                         'that torch.save wrote'),
+    (pickle.dumps({'a': 1}, protocol=5), 'is not a PyTorch checkpoint, or it is damaged: its '
+                                         'pickle data does not read (Unsupported operand 149)'),
+], ids=['random bytes', 'text', 'plain pickle', 'pickle protocol 5'])
+def test_a_file_that_is_not_a_checkpoint_is_not_called_dangerous(tmp_path, content, said):
+  src = tmp_path / 'model.pth'
+  src.write_bytes(content)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.convert('resnet18', src, tmp_path / 'out')
+  assert str(e.value).startswith(f'{src} {said}'), e.value
+  assert 'refusing' not in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_truncated_checkpoint_says_so(torch, tmp_path):
+  whole, src = tmp_path / 'whole.pth', tmp_path / 'model.pth'
+  torch.save({'state_dict': {'alpha': torch.ones(5)}}, whole)
+  src.write_bytes(whole.read_bytes()[:200])
+  with pytest.raises(convert.ConversionError) as e:
+    convert.convert('resnet18', src, tmp_path / 'out')
+  assert str(e.value) == (f'cannot read {src} as a PyTorch checkpoint: PytorchStreamReader failed '
+                          f'reading zip archive: failed finding central directory')
 
 
 @pytest.mark.usefixtures('torch')

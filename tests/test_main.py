@@ -48,11 +48,13 @@ def test_default_command_end_to_end(tmp_path):
   assert any((tmp_path / 'tensorboard').iterdir())
   net, params, stats = rsnets_jax.load(tmp_path)
   assert net.resolutions == (32, 28, 24, 20, 16) and sorted(stats) == [16, 20, 24, 28, 32]
-  # The evaluation command reads the same checkpoint and reproduces the table.
+  # The evaluation command reads the same checkpoint and reproduces the table, beside it.
   code, out = main(tmp_path, *SMALL, '--config.mode=eval')
   assert code == 0, out[-3000:]
-  again = json.loads((tmp_path / 'results.json').read_text())
+  again = json.loads((tmp_path / 'eval' / '8' / 'results.json').read_text())
+  assert again['step'] == 8 and again['eval_checkpoint'] == 'latest'
   assert [r['top1'] for r in again['rows']] == [r['top1'] for r in results['rows']]
+  assert json.loads((tmp_path / 'results.json').read_text()) == results
 
 
 RESUME = SMALL + config_flags(resolutions='(24, 16)', width=0.125, synthetic_image_size=24,
@@ -120,6 +122,8 @@ def test_unknown_config_key_is_one_clear_error(tmp_path):
   assert code != 0
   assert 'batch_sise' in out
   assert 'Traceback' not in out
+  assert out.strip().splitlines()[-1].startswith(
+      "error: unknown config field 'data.batch_sise'; did you mean data.batch_size")
 
 
 def test_wrong_data_path_is_one_clear_error(tmp_path):

@@ -100,11 +100,32 @@ def test_untrained_resolution_and_wrong_stats_are_errors(tiny):
   assert np.all(np.isnan(out))
 
 
+def test_integer_images_are_an_error_not_wrong_logits(tiny):
+  """uint8 pixels (what the input pipeline yields) would enter as values up to 255 where the
+  network learned [0, 1]: plausible-looking logits, all wrong."""
+  net, params, stats = tiny
+  pixels = np.full((2, 16, 16, 3), 200, np.uint8)
+  for call in (net.apply, jax.jit(net.apply)):
+    with pytest.raises(ValueError) as error:
+      call(params, stats[16], jnp.asarray(pixels))
+    assert str(error.value) == ('expected float images in [0, 1], got uint8: pass x / 255 as '
+                                'float32')
+  with pytest.raises(ValueError, match='got int32'):
+    net.apply(params, stats[16], jnp.asarray(pixels, jnp.int32), train=True)
+  net.apply(params, stats[16], jnp.asarray(pixels, jnp.float32) / 255)  # the documented input
+
+
 def test_invalid_definitions():
   with pytest.raises(ValueError, match='largest first'):
     rsnets_jax.create_model('resnet18', resolutions=(96, 128))
   with pytest.raises(ValueError, match='unknown arch'):
     rsnets_jax.create_model('vgg16')
+  for kwargs, said in (({'resolutions': (32, 0)}, 'resolutions must be positive'),
+                       ({'num_classes': 0}, 'num_classes must be at least 1'),
+                       ({'width': 0.0}, 'width must be positive'),
+                       ({'bn_group_size': 0}, 'bn_group_size must be None')):
+    with pytest.raises(rsnets_jax.UserError, match=said):
+      rsnets_jax.create_model('resnet18', **{'resolutions': (32, 16), **kwargs})
 
 
 def test_bfloat16_compute_keeps_float32_params():

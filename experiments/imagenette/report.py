@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import platform
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -19,14 +19,20 @@ class Row:
   label: str
   shared_bn: bool
   distillation: str
+  model: Tuple[Tuple[str, Any], ...] = ()  # config.model fields that differ from the recipe's
 
 
-# The RS-Net rows; 'inets' is built per resolution from the same recipe.
+# The RS-Net rows; 'inets' is built per resolution from the same recipe. The quantized rows are
+# the quantized reference's networks (LQ-Nets quantizers) trained with the same recipe.
 RS_ROWS = {
     'shared_bn': Row('shared BN', True, 'none'),
     'private_bn': Row('private BN (parallel)', False, 'none'),
     'ens': Row('private BN + ens KD', False, 'ens'),
     'ens_topdown': Row('RS-Net (private BN + full KD)', False, 'ens_topdown'),
+    'w2a32': Row('RS-Net W2/A32', False, 'ens_topdown',
+                 (('arch', 'lq_resnet18'), ('weight_bits', 2))),
+    'w2a2': Row('RS-Net W2/A2', False, 'ens_topdown',
+                (('arch', 'lq_preact_resnet18'), ('weight_bits', 2), ('activation_bits', 2))),
 }
 INETS_LABEL = 'I-Nets'
 

@@ -61,10 +61,11 @@ def load_sources(config):
   return tuple(sources)
 
 
-def row_config(config, resolutions, shared_bn: bool, distillation: str, seed: int):
+def row_config(config, resolutions, shared_bn: bool, distillation: str, seed: int, model=()):
   c = config.copy_and_resolve_references()
   c.model.resolutions = tuple(resolutions)
   c.model.shared_bn = shared_bn
+  c.model.update(dict(model))
   c.distillation = distillation
   c.seed = seed
   return c
@@ -117,7 +118,7 @@ def run_all(config, out: str, train_source, val_source) -> List[Dict[str, Any]]:
     log.info('I-Nets seed %d: %s', seed, report.top1s(per_res))
   for name, row in report.RS_ROWS.items():
     for seed in config.seeds[name]:
-      c = row_config(config, resolutions, row.shared_bn, row.distillation, seed)
+      c = row_config(config, resolutions, row.shared_bn, row.distillation, seed, row.model)
       result = train_row(c, os.path.join(out, 'runs', name, f'seed{seed}'), train_source,
                          val_source)
       records.append({'row': name, 'seed': seed, **result})

@@ -1,0 +1,218 @@
+"""Deployment evidence on this machine, in one run: export and profile a trained RS-Net and a
+converted full-size RS-ResNet-18 with random weights, next to `jax.jit(net.apply)` and the
+PyTorch anchor's eager inference, and check the issue's targets.
+
+    PYTHONPATH=. python experiments/deploy_benchmark.py [--workdir=runs/synthetic_demo ...]
+
+For each `--workdir` (default: the synthetic demo run, trained first with its README command when
+absent) and for a full-size RS-ResNet-18 made by the PyTorch reference layout of
+tests/torch_reference.py (random weights, converted with `rsnets_jax.convert` at 224/192/160/128/96,
+plus `--extra` resolutions given their nearest BatchNorm with `reuse_batchnorm`):
+`rsnets_jax.export` writes the JAX artifacts and ONNX models, `rsnets_jax.profile` measures them,
+the same `profile.measure` times `jax.jit(net.apply)` (uint8 in, the same scaling), and the anchor
+(`../shared/bench/torch_rs_resnet18.py --batch 1`, its eval mode: one resolution's branch under
+torch.no_grad) gives PyTorch's eager batch-1 time per image (a mean, over `--torch-iters` calls).
+Writes <out>/report.md and report.json; the exports and their latency.md stay in <out>.
+
+Targets (issue 10): latency falls with resolution in proportion to MACs within 30% (p50 relative
+to the largest resolution over MACs relative to it, at 224..96); the JAX artifact is no slower
+than jax.jit(net.apply) (p50); the faster runtime at batch 1 is within 1.5x of PyTorch eager.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+import rsnets_jax
+from rsnets_jax import checkpoint, convert, export, preprocess, profile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANCHOR = os.path.join(ROOT, '..', 'shared', 'bench', 'torch_rs_resnet18.py')
+DEMO = os.path.join('runs', 'synthetic_demo')
+PAPER = (224, 192, 160, 128, 96)
+PROPORTION = 0.30
+TORCH_FACTOR = 1.5
+
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  ap.add_argument('--workdir', action='append', default=None,
+                  help=f'a trained run to export (repeatable; default {DEMO})')
+  ap.add_argument('--out', default=os.path.join('runs', 'deploy_benchmark'))
+  ap.add_argument('--extra', type=int, nargs='*', default=[64],
+                  help='resolutions added to the full-size network (reused BatchNorm)')
+  ap.add_argument('--batch', type=int, default=16, help='throughput batch')
+  ap.add_argument('--iters', type=int, default=50, help='timed batch-1 calls per measurement')
+  ap.add_argument('--torch-iters', type=int, default=30)
+  return ap.parse_args(argv)
+
+
+def load_torch_reference():
+  spec = importlib.util.spec_from_file_location(
+      'torch_reference', os.path.join(ROOT, 'tests', 'torch_reference.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def full_size_network(out: str, extra) -> str:
+  """A converted RS-ResNet-18 with random weights (and `extra` resolutions); its directory."""
+  import torch  # pylint: disable=import-outside-toplevel
+  ref = load_torch_reference()
+  torch.manual_seed(0)
+  model = ref.randomize(ref.create('resnet18', 1000, len(PAPER)), PAPER)
+  src, converted = os.path.join(out, 'r18_random.pth.tar'), os.path.join(out, 'r18_converted')
+  ref.save_reference_checkpoint(model, src, 'parallel_resnet18')
+  if convert.main(['--arch', 'resnet18', '--src', src, '--dst', converted, '--overwrite']) != 0:
+    raise SystemExit('conversion failed')
+  if not extra:
+    return converted
+  net, params, stats = rsnets_jax.load(converted)
+  for res in extra:
+    net, params, stats = rsnets_jax.reuse_batchnorm(net, params, stats, res)
+  extended = os.path.join(out, 'r18_converted_extended')
+  # The converter's provenance: where the weights came from, and so that the classes are ImageNet's.
+  meta = checkpoint.read_meta(converted)
+  rsnets_jax.save_model(extended, net, params, stats,
+                        {k: meta[k] for k in ('converted_from', 'source_checkpoint')})
+  return extended
+
+
+def time_net_apply(workdir: str, manifest, args):
+  """profile.measure of jax.jit(net.apply) at each exported resolution, on the same uint8 input."""
+  net, params, stats = rsnets_jax.load(workdir)
+  pre = manifest['preprocessing']
+  mean, std = pre['mean'], pre['std']
+  apply = jax.jit(lambda p, s, x: net.apply(p, s, preprocess.to_float(x, mean, std)))
+  figures = {}
+  for r in manifest['resolutions']:
+    res = r['resolution']
+    figures[res] = profile.measure(lambda x, s=stats[res]: np.asarray(apply(params, s, x)), res,
+                                   args.batch, args.iters)
+  return figures
+
+
+def torch_anchor(resolutions, iters: int):
+  """{res: ms per image} of the anchor's eager eval at batch 1 (a mean over `iters` calls)."""
+  cmd = [sys.executable, ANCHOR, '--variant', 'fp32', '--batch', '1', '--iters', str(iters),
+         '--res', *map(str, resolutions)]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  return {int(res): 1e3 / img_s for res, img_s in result['eval_img_s_per_res'].items()}, result
+
+
+def table(manifest, jit_figures, torch_ms):
+  """Markdown rows and the target verdicts of one exported network."""
+  rows = {r['resolution']: r for r in manifest['resolutions']}
+  runtimes = manifest['profile']['runtimes']
+  biggest = max(rows)
+  lines = ['| resolution | MACs | MACs / largest | ' +
+           ' | '.join(f'{rt} p50 / p90 (ms)' for rt in runtimes) +
+           ' | jit(net.apply) p50 (ms) | ' + ('PyTorch eager (ms) | ' if torch_ms else '') +
+           ' | '.join(f'{rt} img/s' for rt in runtimes + ['jit(net.apply)']) + ' |']
+  lines.append('|' + ' --- |' * (lines[0].count('|') - 1))
+  verdict = {'proportion': {}, 'proportion_at_batch': {}, 'artifact_vs_jit': {}, 'vs_torch': {}}
+  for res, r in rows.items():
+    lat = {rt: r['latency'][rt] for rt in runtimes}
+    macs_ratio = r['macs'] / rows[biggest]['macs']
+    cells = [str(res) + ('' if r['trained'] else ' (not trained)'), f"{r['macs'] / 1e6:.1f}M",
+             f'{macs_ratio:.3f}']
+    cells += [f"{lat[rt]['p50_ms']:.2f} / {lat[rt]['p90_ms']:.2f}" for rt in runtimes]
+    cells.append(f"{jit_figures[res]['p50_ms']:.2f}")
+    if torch_ms:
+      cells.append(f'{torch_ms[res]:.2f}' if res in torch_ms else '-')
+    cells += [f"{lat[rt]['throughput_img_s']:.1f}" for rt in runtimes]
+    cells.append(f"{jit_figures[res]['throughput_img_s']:.1f}")
+    lines.append('| ' + ' | '.join(cells) + ' |')
+    for rt in runtimes:
+      ratio = (lat[rt]['p50_ms'] / rows[biggest]['latency'][rt]['p50_ms']) / macs_ratio
+      verdict['proportion'].setdefault(rt, {})[res] = round(ratio, 3)
+      # The same at the throughput batch, where a call's fixed costs are shared by the batch.
+      ratio = (rows[biggest]['latency'][rt]['throughput_img_s'] / lat[rt]['throughput_img_s'])
+      verdict['proportion_at_batch'].setdefault(rt, {})[res] = round(ratio / macs_ratio, 3)
+    verdict['artifact_vs_jit'][res] = round(lat['jax']['p50_ms'] / jit_figures[res]['p50_ms'], 3)
+    if res in torch_ms:
+      fastest = min(lat[rt]['p50_ms'] for rt in runtimes)
+      verdict['vs_torch'][res] = round(fastest / torch_ms[res], 3)
+  return lines, verdict
+
+
+def verdict_lines(verdict, paper_only: bool):
+  lines = []
+  for rt, ratios in verdict['proportion'].items():
+    judged = {r: v for r, v in ratios.items() if r in PAPER or not paper_only}
+    ok = all(abs(v - 1) <= PROPORTION for v in judged.values())
+    lines.append(f"- latency proportional to MACs within {PROPORTION:.0%} ({rt}; latency ratio / "
+                 f"MACs ratio per resolution {judged}): {'met' if ok else 'NOT met'}")
+  for rt, ratios in verdict['proportion_at_batch'].items():
+    judged = {r: v for r, v in ratios.items() if r in PAPER or not paper_only}
+    lines.append(f"- (not a target) the same from throughput at the batch of the table ({rt}): "
+                 f"{judged}")
+  ratios = verdict['artifact_vs_jit']
+  lines.append(f"- JAX artifact no slower than jax.jit(net.apply) (p50 ratio {ratios}): "
+               f"{'met' if all(v <= 1 for v in ratios.values()) else 'NOT met'}")
+  if verdict['vs_torch']:
+    ratios = verdict['vs_torch']
+    ok = all(v <= TORCH_FACTOR for v in ratios.values())
+    lines.append(f"- faster runtime within {TORCH_FACTOR}x of PyTorch eager at batch 1 (ratio "
+                 f"{ratios}): {'met' if ok else 'NOT met'}")
+  return lines
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  start, load_start = time.time(), os.getloadavg()[0]
+  date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  os.makedirs(args.out, exist_ok=True)
+  workdirs = args.workdir or [DEMO]
+  if workdirs == [DEMO] and not os.path.exists(DEMO):
+    subprocess.run([sys.executable, '-m', 'rsnets_jax.main', '--config=configs/synthetic_demo.py',
+                    f'--workdir={DEMO}'], check=True)
+  networks = [(w, os.path.join(args.out, os.path.basename(os.path.normpath(w)) + '_export'))
+              for w in workdirs]
+  networks.append((full_size_network(args.out, args.extra), os.path.join(args.out, 'r18_export')))
+
+  report = {'date': date, 'load_average_1min_start': load_start, 'networks': {}}
+  sections = []
+  for workdir, dst in networks:
+    export.export_model(workdir, dst)
+    manifest = profile.profile_model(dst, batch=args.batch, iters=args.iters)
+    jit_figures = time_net_apply(workdir, manifest, args)
+    full_size = manifest['width'] == 1.0 and manifest['num_classes'] == 1000
+    torch_ms, anchor = ({}, None)
+    if full_size:
+      torch_ms, anchor = torch_anchor([r['resolution'] for r in manifest['resolutions']],
+                                      args.torch_iters)
+    lines, verdict = table(manifest, jit_figures, torch_ms)
+    title = (f"RS-{manifest['arch']} width {manifest['width']:g}, {manifest['num_classes']} "
+             f"classes, from `{workdir}`")
+    sections += [f'### {title}', '', *lines, '', *verdict_lines(verdict, full_size), '']
+    report['networks'][workdir] = {'manifest': manifest, 'jit_net_apply': jit_figures,
+                                   'torch_eager_ms': torch_ms, 'anchor': anchor,
+                                   'verdict': verdict}
+    report['machine'] = manifest['profile']['machine']
+  report['wall_s'] = round(time.time() - start, 1)
+  report['load_average_1min_end'] = os.getloadavg()[0]
+  head = [f"Measured {date} on {report['machine']['description']}; 1-minute load average "
+          f"{load_start:.2f} at the start, {report['load_average_1min_end']:.2f} at the end; "
+          f"wall time {report['wall_s']:.0f} s.",
+          f'Batch-1 p50 / p90 over at least {args.iters} calls and 1 s after warm-up; throughput '
+          f'at batch {args.batch}; PyTorch: the anchor\'s eager eval, fp32, batch 1, a mean over '
+          f'{args.torch_iters} calls.', '']
+  text = '\n'.join(head + sections)
+  with open(os.path.join(args.out, 'report.md'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(args.out, 'report.json'), 'w') as f:
+    json.dump(report, f, indent=1, default=str)
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
