@@ -55,8 +55,8 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
   # Rows and their seeds; a row with no seeds is skipped. 'inets' trains one network per
   # resolution; the largest of them is also tested at every other resolution.
   c.seeds = ml_collections.ConfigDict({'inets': (0, 1), 'shared_bn': (0,), 'private_bn': (0,),
-                                       'ens': (0,), 'ens_topdown': (0, 1), 'w2a32': (),
-                                       'w2a2': ()})
+                                       'ens': (0,), 'ens_topdown': (0, 1), 'lq_fp': (),
+                                       'w2a32': (), 'w2a2': ()})
   c.compilation_cache_dir = 'runs/jax_cache'  # '' turns the persistent cache off
 
   if variant == 'gpu':  # the recipe's network and resolutions

@@ -29,6 +29,8 @@ RS_ROWS = {
     'private_bn': Row('private BN (parallel)', False, 'none'),
     'ens': Row('private BN + ens KD', False, 'ens'),
     'ens_topdown': Row('RS-Net (private BN + full KD)', False, 'ens_topdown'),
+    'lq_fp': Row('RS-Net, quantized layout, 32-bit', False, 'ens_topdown',
+                 (('arch', 'lq_resnet18'),)),
     'w2a32': Row('RS-Net W2/A32', False, 'ens_topdown',
                  (('arch', 'lq_resnet18'), ('weight_bits', 2))),
     'w2a2': Row('RS-Net W2/A2', False, 'ens_topdown',
