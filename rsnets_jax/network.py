@@ -215,11 +215,16 @@ def _params(variables):
   return variables['params']
 
 
+def trainable(params):
+  """What the optimiser updates: every parameter, but not a quantized network's quantizer state
+  (moved by its own least-squares refit, never by gradients or weight decay)."""
+  return {k: v for k, v in params.items() if k != models.QUANTIZERS}
+
+
 def _variables(params):
   """`_params` undone: the Flax variables of a `params` tree (without BatchNorm statistics)."""
   if models.QUANTIZERS in params:
-    return {'params': {k: v for k, v in params.items() if k != models.QUANTIZERS},
-            models.QUANTIZERS: params[models.QUANTIZERS]}
+    return {'params': trainable(params), models.QUANTIZERS: params[models.QUANTIZERS]}
   return {'params': params}
 
 

@@ -26,8 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rsnets_jax import losses, preprocess
 from rsnets_jax.errors import ConfigError
-from rsnets_jax.models import QUANTIZERS
-from rsnets_jax.network import RESOLUTION_KEY, RSNet
+from rsnets_jax.network import RESOLUTION_KEY, RSNet, trainable
 
 DATA_AXIS = 'data'
 
@@ -92,12 +91,6 @@ def create_optimizer(optim: ml_collections.ConfigDict, total_steps: int, steps_p
   tx = optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=mask),
                    optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
   return tx, schedule
-
-
-def trainable(params):
-  """What the optimiser updates: every parameter, but not a quantized network's quantizer state
-  (moved by its own least-squares refit, never by gradients or weight decay)."""
-  return {k: v for k, v in params.items() if k != QUANTIZERS}
 
 
 def create_train_state(net: RSNet, tx: optax.GradientTransformation, key) -> TrainState:
