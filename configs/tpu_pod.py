@@ -1,7 +1,8 @@
-"""RS-ResNet-50 on a Cloud TPU pod slice (e.g. v4-32), data in a GCS bucket.
+"""RS-ResNet-50 on a Cloud TPU pod slice (e.g. v4-32), data and checkpoints in a bucket.
 
-Run the same command on every host of the slice (e.g. `gcloud compute tpus tpu-vm ssh NAME
---worker=all --command=...`):
+Install the project with its cloud extra on every host (`pip install -e '.[cloud]'`), then run the
+same command on every host of the slice (e.g. `gcloud compute tpus tpu-vm ssh NAME --worker=all
+--command=...`; the README's "Cloud TPU pod" section has every step):
 
     python -m rsnets_jax.main --config=configs/tpu_pod.py --workdir=gs://BUCKET/runs/rs_resnet50 \
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
@@ -9,7 +10,9 @@ Run the same command on every host of the slice (e.g. `gcloud compute tpus tpu-v
 jax.distributed discovers the slice; every host reads its own part of the data; BatchNorm
 statistics are over the global batch; bfloat16 compute with float32 parameters. The learning rate
 follows the linear scaling rule from the paper's 0.1 at batch 256, with a 5-epoch warm-up for the
-larger batch.
+larger batch. A preemption notice (SIGTERM on any host) saves a checkpoint on every host at the
+same step; the same command resumes. tests/test_cloud.py runs this file (on a tiny network) with
+gs:// paths against a local Cloud Storage emulator, on two processes.
 """
 from rsnets_jax import defaults
 

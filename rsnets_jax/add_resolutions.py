@@ -121,8 +121,8 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   table = evaluate.results_table(net, accuracies, net.all_resolutions)  # trained: net.resolutions
   added_list = ', '.join(map(str, resolutions))
   evaluate.write_reports(
-      dst, table, provenance,
-      f'RS-{net.arch} on {config.data.dataset}, added {added_list}')
+      dst, table, f'RS-{net.arch} on {evaluate.dataset_name(config.data)}, added {added_list}',
+      provenance)
   log.info('evaluation:\n%s', evaluate.markdown(table))
   return table
 

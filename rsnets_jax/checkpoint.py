@@ -232,16 +232,26 @@ def parse_which(which: Union[str, int]) -> Union[str, int]:
   raise CheckpointError(f"a checkpoint is 'latest', 'best' or a step number, not {which!r}")
 
 
+def _is_remote(path) -> bool:
+  return '://' in os.fspath(path)
+
+
+def _complete(step_directory: epath.Path) -> bool:
+  """Whether a step's checkpoint is complete. Orbax writes a step into a temporary folder and
+  renames it when complete; on a bucket, where it cannot rename (and where a folder exists as
+  soon as a file is in it), it marks a complete step with commit_success.txt instead."""
+  if _is_remote(step_directory):
+    return (step_directory / 'commit_success.txt').exists()
+  return step_directory.exists()
+
+
 def committed_steps(directory) -> List[int]:
-  """The steps of a run's checkpoint directory, oldest first. Orbax writes a step into a
-  temporary folder and renames it when complete; on a bucket, where it cannot rename, it marks a
-  complete step with commit_success.txt instead."""
+  """The complete steps of a run's checkpoint directory, oldest first."""
   directory = _path(directory)
   if not directory.exists():
     return []
-  bucket = '://' in os.fspath(directory)
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and
-                (not bucket or (p / 'commit_success.txt').exists()))
+                (not _is_remote(p) or _complete(p)))
 
 
 def _best_step(directory: epath.Path) -> Optional[int]:
@@ -370,7 +380,7 @@ class TrainCheckpoints:
   def _note_best(self):
     """Records the pending best step once its checkpoint is complete, so that `best_step` never
     names a save that a kill cut short."""
-    if self._pending_best is None or not (self.directory / str(self._pending_best[0])).exists():
+    if self._pending_best is None or not _complete(self.directory / str(self._pending_best[0])):
       return
     step, value = self._pending_best
     self._pending_best = None
@@ -434,6 +444,9 @@ class TrainCheckpoints:
       target = aside / f'{step}.{n}'
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
+      if _is_remote(aside) and not aside.exists():  # a bucket's folder exists once a file is in it
+        (aside / 'README.txt').write_text('Checkpoints that did not restore, moved here by '
+                                          'rsnets_jax when the run resumed.\n')
       (self.directory / str(step)).rename(target)
       if _best_step(self.directory) == step:
         for name in ('best_step', 'best_value'):

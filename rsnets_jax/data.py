@@ -252,7 +252,14 @@ class TfdsSource:
   def __init__(self, name: str, data_dir: str, split: str):
     import tensorflow_datasets as tfds  # slow to import; only this source needs it
     prepare = TFDS_PREPARE.format(name=name, data_dir=data_dir)
-    builder = tfds.builder(name, data_dir=data_dir)
+    if '://' in data_dir:
+      prepare += (f', or prepare it on a local disk and copy its folder there (gcloud storage cp '
+                  f'-r ~/tensorflow_datasets/{name} {data_dir}/)')
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:  # not in the catalogue, nor in data_dir
+      raise DataError(f'no data set {name!r} in {data_dir}, and tensorflow-datasets has none of '
+                      f'that name: check config.data.tfds_name and config.data.data_dir') from None
     if not builder.is_prepared():
       raise DataError(f'{name} is not prepared in {data_dir}: run {prepare}')
     try:
@@ -279,7 +286,12 @@ def _synthetic_source(data, split: str):
 
 
 def _folder_source(data, split: str):
-  return FolderSource(_require_data_dir(data), split, data.train_split or 'train')
+  root = _require_data_dir(data)
+  if '://' in root:
+    raise DataError(f'config.data.dataset=folder reads a folder of this machine, not {root}: '
+                    f'prepare the data set with tensorflow-datasets (dataset=tfds), or mount the '
+                    f'bucket with Cloud Storage FUSE and pass the mount point')
+  return FolderSource(root, split, data.train_split or 'train')
 
 
 def _tfds_source(data, split: str):

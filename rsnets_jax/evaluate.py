@@ -5,11 +5,14 @@ pads the last batch and masks the padding). `write_reports` writes, in the work 
 results.json, results.md (resolution, MACs, top-1, top-5; ensemble row) and accuracy_vs_macs.png,
 the paper's accuracy-versus-cost figure.
 """
+import io
 import json
 import os
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import jax
+import numpy as np
+from etils import epath
 
 from rsnets_jax.network import RSNet
 
@@ -38,7 +41,8 @@ def results_table(net: RSNet, accuracies: Dict[str, float], resolutions: Sequenc
   for res in sorted(resolutions, reverse=True):
     rows.append({'resolution': res, 'macs': net.macs(res), 'trained': res in trained,
                  'top1': accuracies.get(f'top1/{res}'), 'top5': accuracies.get(f'top5/{res}')})
-  table = {'arch': net.arch, 'rows': rows, 'count': accuracies.get('count'),
+  table = {'arch': net.arch, 'num_classes': net.num_classes, 'rows': rows,
+           'count': accuracies.get('count'),
            'skipped_images': accuracies.get('skipped', 0)}
   if 'top1/ensemble' in accuracies:
     table['ensemble'] = {'top1': accuracies['top1/ensemble'], 'top5': accuracies['top5/ensemble'],
@@ -70,44 +74,93 @@ def format_macs(m) -> str:
   return f'{m / 1e9:.2f}G' if m >= 1e9 else f'{m / 1e6:.1f}M'
 
 
-def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str = ''):
-  """Top-1 against MACs, one line per table (the paper's figure); untrained resolutions hollow."""
+def dataset_name(data) -> str:
+  """What a report calls the data: a class-folder set by its folder's name, else its own name."""
+  if data.dataset == 'folder' and data.data_dir:
+    return os.path.basename(os.path.normpath(data.data_dir))
+  return data.dataset
+
+
+def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str):
+  """Top-1 against MACs, one line per named series (the paper's figure), written as `path` (PNG,
+  150 dpi) and as SVG beside it. Resolutions that were not trained are hollow; a series' seed
+  spread (`top1_std`) is an error bar; its ensemble is a star at the MACs of all its resolutions
+  together; the resolutions are named once, on the top axis, at their MACs; chance is dashed."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4.2))
-  untrained = False
+  from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+  fig, ax = plt.subplots(figsize=(7.5 + 2.5 * (len(curves) > 1), 4.6))
+  untrained = ensembles = False
+  sizes: Dict[int, float] = {}
   for name, table in curves.items():
-    rows = [r for r in table['rows'] if r['top1'] is not None]
-    rows.sort(key=lambda r: r['macs'])
-    line, = ax.plot([r['macs'] / 1e6 for r in rows], [r['top1'] for r in rows], marker='o',
-                    label=name, markersize=5)
+    rows = sorted((r for r in table['rows'] if r['top1'] is not None), key=lambda r: r['macs'])
+    x = [r['macs'] / 1e6 for r in rows]
+    line = ax.errorbar(x, [r['top1'] for r in rows], yerr=[r.get('top1_std') or 0 for r in rows],
+                       marker='o', markersize=5, capsize=3, label=name)[0]
     for r in rows:
+      sizes[r['resolution']] = r['macs'] / 1e6
       if not r.get('trained', True):
         untrained = True
-        ax.plot(r['macs'] / 1e6, r['top1'], 'o', mfc='white', mec=line.get_color(), markersize=7)
-      ax.annotate(str(r['resolution']), (r['macs'] / 1e6, r['top1']), fontsize=7,
-                  textcoords='offset points', xytext=(3, -9))
+        ax.plot(r['macs'] / 1e6, r['top1'], 'o', mfc='white', mec=line.get_color(), markersize=7,
+                zorder=3)
+    ens = table.get('ensemble')
+    if ens and ens.get('top1') is not None:
+      ensembles = True
+      ax.errorbar(ens['macs'] / 1e6, ens['top1'], yerr=ens.get('top1_std') or 0, marker='*',
+                  markersize=11, capsize=3, color=line.get_color(), linestyle='none')
   if untrained:
     ax.plot([], [], 'o', mfc='white', mec='gray', label='not trained (BatchNorm recalibrated)')
-  ax.set_xlabel('MACs per image (millions)')
+  if ensembles:
+    ax.plot([], [], '*', color='gray', markersize=11, linestyle='none',
+            label='ensemble of all its sizes (at their MACs together)')
+  classes = {t['num_classes'] for t in curves.values() if t.get('num_classes')}
+  if len(classes) == 1:
+    ax.axhline(100.0 / classes.pop(), color='gray', linestyle='--', linewidth=1,
+               label='chance')
+  ax.set_xscale('log')
+  ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.set_xlabel('MACs per image (millions, log scale)')
   ax.set_ylabel('top-1 accuracy (%)')
-  ax.set_title(title or 'accuracy vs cost')
+  # The resolutions above the plot, at their MACs; a label too close to its left neighbour is
+  # raised a line so that none overlap.
+  ax.set_xlim(*ax.get_xlim())
+  lo, hi = (np.log(v) for v in ax.get_xlim())
+  previous, raised = None, False
+  for res, macs in sorted(sizes.items(), key=lambda kv: kv[1]):
+    at = (np.log(macs) - lo) / (hi - lo)
+    raised = previous is not None and at - previous < 0.045 and not raised
+    previous = at
+    ax.annotate(str(res), (macs, 1.0), xycoords=ax.get_xaxis_transform(), ha='center',
+                va='bottom', fontsize=8, textcoords='offset points', xytext=(0, 12 if raised else 3))
+    ax.axvline(macs, color='gray', alpha=0.15, linewidth=0.8)
+  ax.set_title(f'{title}\n(numbers above: resolution in px)', fontsize=10, pad=26)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path)
   plt.close(fig)
 
 
-def write_reports(workdir: str, table: Dict[str, Any], extra: Optional[Dict[str, Any]] = None,
-                  title: str = ''):
-  """results.json, results.md and accuracy_vs_macs.png in `workdir` (process 0 only)."""
+def save_figure(fig, path: str):
+  """`fig` as `path` (PNG, 150 dpi, the size a slide needs) and as SVG beside it; `path` may be
+  a bucket's (gs://...)."""
+  for target, form in ((path, 'png'), (os.path.splitext(os.fspath(path))[0] + '.svg', 'svg')):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=form, dpi=150)
+    epath.Path(target).write_bytes(buffer.getvalue())
+
+
+def write_reports(workdir: str, table: Dict[str, Any], title: str,
+                  extra: Optional[Dict[str, Any]] = None):
+  """results.json, results.md and accuracy_vs_macs.png (and .svg) in `workdir`, a local or a
+  bucket's (gs://...) directory (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({**table, **(extra or {})}, f, indent=1)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(markdown(table, title))
-  plot({title or table['arch']: table}, os.path.join(workdir, 'accuracy_vs_macs.png'), title)
+  directory = epath.Path(os.fspath(workdir))
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'results.json').write_text(json.dumps({**table, **(extra or {})}, indent=1))
+  (directory / 'results.md').write_text(markdown(table, title))
+  plot({f"RS-{table['arch']}": table}, os.fspath(directory / 'accuracy_vs_macs.png'), title)

@@ -10,15 +10,18 @@ only process 0 writes logs, summaries and reports. A run resumes by itself from 
 directory (from the newest checkpoint that restores; damaged newer ones are moved aside), and on
 SIGTERM (or a TPU preemption notice) it saves a checkpoint and stops.
 
-Before any work, a run checks its config values, that the work directory is writable, that the
-data set has the network's classes, and that the work directory's checkpoints are of the same
-network; each failure is one line.
+Before any work, a run checks its config values, that the buckets of gs:// paths exist and can be
+read, that the work directory is writable, that the data set has the network's classes, and that
+the work directory's checkpoints are of the same network; each failure is one line.
 """
 import contextlib
+import importlib
 import logging
 import math
 import os
+import re
 import signal
+import sys
 import time
 from typing import Any, Dict, Iterable, Iterator, Optional
 
@@ -29,7 +32,7 @@ import numpy as np
 from etils import epath
 
 from rsnets_jax import checkpoint, data, defaults, evaluate, steps
-from rsnets_jax.errors import ConfigError, TrainingError
+from rsnets_jax.errors import ConfigError, DataError, TrainingError
 from rsnets_jax.network import RSNet
 
 log = logging.getLogger('rsnets_jax')
@@ -38,6 +41,65 @@ EVAL_SUBDIR = 'eval'
 
 
 # -- checks before any work ------------------------------------------------------------------------
+
+def _storage_errors() -> tuple:
+  """What reading or writing a path can raise for a reason outside the program: OSError (a
+  missing or forbidden local or gs:// path, a refused connection), and for gs:// gcsfs' other HTTP
+  errors (e.g. 401), google-cloud-storage's, Google's credential errors and TensorFlow's, when
+  those are loaded."""
+  errors = [OSError]
+  for module, name in (('gcsfs.retry', 'HttpError'), ('google.auth.exceptions', 'GoogleAuthError'),
+                       ('google.api_core.exceptions', 'GoogleAPICallError'),
+                       ('tensorflow.errors', 'OpError')):
+    error = getattr(sys.modules.get(module), name, None)
+    if error is not None:
+      errors.append(error)
+  return tuple(errors)
+
+
+def _reason(error: BaseException) -> str:
+  """The gist of a storage error: its strerror or message (the server's words, without the
+  request), else the last line of what it says."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = (getattr(error, 'strerror', None) or getattr(error, 'message', None) or
+          (lines[-1] if lines else type(error).__name__))
+  text = re.sub(r'^(\d{3} )?[A-Z]+ https?://\S+: ', '', ' '.join(str(text).split()))
+  return text if len(text) <= 240 else text[:237] + '...'
+
+
+def check_storage(path, what: str, error=ConfigError, checkpoints: bool = False):
+  """For a gs:// `path`, before anything reads or writes it: the clients of the cloud extra are
+  installed, and the bucket exists and this machine may list it (and, for `checkpoints`, read its
+  metadata, as Orbax does to list a run's steps: storage.buckets.get, which
+  roles/storage.objectAdmin does not grant); otherwise `error`, one line that names `what`, the
+  bucket and what to do. Local paths pass (the other checks name them)."""
+  path = os.fspath(path)
+  if not path.startswith('gs://'):
+    return
+  for module in ('gcsfs', 'google.cloud.storage'):  # etils.epath's gs:// backend; TensorBoard's
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise error(f"{what} {path} is on Cloud Storage, which needs the cloud extra: pip install "
+                  f"-e '.[cloud]' ({e.name or module} is missing)") from e
+  bucket = 'gs://' + path[len('gs://'):].split('/', 1)[0]
+  try:
+    next(iter(epath.Path(bucket).iterdir()), None)
+  except FileNotFoundError as e:
+    raise error(f'{what} {path}: bucket {bucket} does not exist: create it (gcloud storage '
+                f'buckets create {bucket} --location=REGION) or fix the path') from e
+  except _storage_errors() as e:
+    raise error(f"{what} {path}: cannot list bucket {bucket} ({_reason(e)}): grant this "
+                f"machine's service account access to it, or fix the path") from e
+  if checkpoints:
+    from google.cloud import storage  # pylint: disable=import-outside-toplevel
+    try:
+      storage.Client().get_bucket(bucket[len('gs://'):])
+    except _storage_errors() as e:
+      raise error(f"{what} {path}: cannot read bucket {bucket} ({_reason(e)}), as Orbax does to "
+                  f"list checkpoints: grant this machine's service account "
+                  f"roles/storage.legacyBucketReader on it too") from e
+
 
 def check_writable(directory, fix: str):
   """Creates `directory` and a file in it (then removes the file), or raises a ConfigError that
@@ -48,8 +110,15 @@ def check_writable(directory, fix: str):
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text('')
     probe.unlink()
-  except OSError as e:
-    raise ConfigError(f'cannot write to {directory} ({e.strerror or e}): {fix}') from e
+  except _storage_errors() as e:
+    if os.fspath(directory).startswith('gs://'):
+      fix = f"grant this machine's service account write access to it, or {fix}"
+    raise ConfigError(f'cannot write to {directory} ({_reason(e)}): {fix}') from e
+
+
+def _check_data_storage(config):
+  if config.data.dataset != 'synthetic' and config.data.data_dir:
+    check_storage(config.data.data_dir, 'config.data.data_dir', DataError)
 
 
 def _flag_value(value) -> str:
@@ -133,11 +202,20 @@ def train_scalars(metric_sums, count: int) -> Dict[str, float]:
 
 
 class Preemption:
-  """Turns SIGTERM (and SIGINT) into a request to save and stop at the next step boundary."""
+  """Turns SIGTERM (and SIGINT) into a request to save and stop at the next step boundary.
+
+  With several processes a signal reaches one of them (a pod host's preemption notice, a `kill`),
+  yet all must save at the same step. There SIGTERM is left to JAX's preemption service (started
+  by jax.distributed): it tells every process, and `manager.reached_preemption` turns true on all
+  of them at the same step. A handler here would take the signal from it: the process that got it
+  would save alone while the others wait in their next collective, until the coordination service
+  aborts them all. SIGINT stays Python's: it stops the process that gets it."""
 
   def __init__(self):
     self.requested = False
     self._previous = {}
+    if jax.process_count() > 1:
+      return
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -180,8 +258,8 @@ def run_eval(config, net: RSNet, params, stats, mesh, batches: Optional[Iterable
 def report(directory, config, net, accuracies, when: str, extra: Dict[str, Any]):
   """results.json, results.md and accuracy_vs_macs.png in `directory`, and the table in the log."""
   table = evaluate.results_table(net, accuracies, net.all_resolutions, trained=net.resolutions)
-  title = f'RS-{net.arch} on {config.data.dataset}, {when}'
-  evaluate.write_reports(directory, table, extra, title)
+  title = f'RS-{net.arch} on {evaluate.dataset_name(config.data)}, {when}'
+  evaluate.write_reports(directory, table, title, extra)
   if jax.process_index() == 0:
     log.info('evaluation, %s:\n%s', when, evaluate.markdown(table))
 
@@ -219,6 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # -- checks: every one before any work --
   defaults.check(config)
+  if train_iter is None or eval_batches is None:
+    _check_data_storage(config)
+  check_storage(workdir, '--workdir', checkpoints=True)
   net = RSNet(**config.model)
   _check_batches(config)
   check_same_network(workdir, net)
@@ -371,6 +452,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> Dict
   `<workdir>/eval`; a single checkpoint, e.g. a converted one, reports to `<eval_dir>/` itself),
   never over the training reports. Checks that the reports can be written before evaluating."""
   defaults.check(config)
+  _check_data_storage(config)
+  check_storage(workdir, '--workdir', checkpoints=True)
+  if config.eval_dir:
+    check_storage(config.eval_dir, 'config.eval_dir')
   _check_batches(config, ('eval_batch_size',))
   directory, step = checkpoint.find(workdir, config.eval_checkpoint)
   eval_dir = config.eval_dir or os.path.join(os.fspath(workdir), EVAL_SUBDIR)

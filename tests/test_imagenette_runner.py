@@ -34,26 +34,50 @@ def test_balanced_subset_spreads_over_the_sorted_list():
   np.testing.assert_array_equal(run.balanced_subset(10, 5), [0, 2, 4, 7, 9])
 
 
-def _table(top1_by_res, per_seed=None):
-  rows = []
-  for res, top1 in top1_by_res.items():
-    row = {'resolution': res, 'macs': res, 'trained': True, 'top1': top1, 'top5': None}
-    if per_seed:
-      row['top1_per_seed'] = per_seed[res]
-      row['top1_spread'] = max(per_seed[res]) - min(per_seed[res])
-    rows.append(row)
-  return {'rows': rows, 'seeds': [0, 1] if per_seed else [0]}
+def _table(per_seed):
+  """A row's table from its per-seed top-1 by resolution, seeds 0, 1, ..."""
+  rows = [{'resolution': res, 'macs': res, 'trained': True, 'top1': float(np.mean(v)),
+           'top5': None, 'top1_per_seed': v} for res, v in per_seed.items()]
+  return {'rows': rows, 'seeds': list(range(len(next(iter(per_seed.values())))))}
 
 
-def test_differences_within_the_seed_spread_are_ties():
+def test_verdicts_are_paired_over_seeds_and_need_two_seeds_on_both_sides():
   tables = {
-      'inets': _table({32: 50.0, 16: 40.0}, {32: [49.0, 51.0], 16: [39.5, 40.5]}),
-      'ens_topdown': _table({32: 51.5, 16: 42.0}, {32: [51.0, 52.0], 16: [41.9, 42.1]}),
+      # At 32 the means differ by 1.5 but seed 1 goes the other way: a tie. At 16 every seed gains
+      # 2 +- 0.1, although the I-Nets' own seeds spread by 1: paired, that holds. At 8 every seed
+      # loses: reversed.
+      'inets': _table({32: [49.0, 51.0, 50.0], 16: [39.0, 40.0, 41.0], 8: [30.0, 31.0, 32.0]}),
+      'ens_topdown': _table({32: [52.0, 50.5, 52.0], 16: [41.0, 42.1, 42.9], 8: [29.0, 30.5, 31.0]}),
+      'private_bn': _table({32: [60.0], 16: [20.0], 8: [10.0]}),
+      'ens': _table({32: [61.0, 62.0], 16: [20.0, 30.0], 8: [10.0, 11.0]}),
   }
-  verdicts = {x['resolution']: x for x in report.compare(tables, (32, 16))}
-  assert verdicts[32]['verdict'] == 'tie' and verdicts[32]['seed_spread'] == 2.0
-  assert verdicts[16]['verdict'] == 'a better' and verdicts[16]['holds']
-  assert abs(verdicts[16]['delta'] - 2.0) < 1e-9
+  verdicts = {(x['a'], x['b'], x['resolution']): x for x in report.compare(tables, (32, 16, 8))}
+  x = verdicts[('ens_topdown', 'inets', 32)]
+  assert x['verdict'] == 'tie' and x['seeds'] == [0, 1, 2] and abs(x['delta'] - 4.5 / 3) < 1e-9
+  x = verdicts[('ens_topdown', 'inets', 16)]
+  assert x['verdict'] == 'a better' and x['holds'] and abs(x['delta'] - 2.0) < 1e-9
+  assert abs(x['std'] - 0.1) < 1e-9
+  assert verdicts[('ens_topdown', 'inets', 8)]['verdict'] == 'b better'
+  # A single seed on one side: the difference of the means, and no verdict.
+  x = verdicts[('ens', 'private_bn', 16)]
+  assert x['verdict'] == 'no spread' and x['std'] is None and x['delta'] == 5.0
+  # Two seeds in common (ens ran 0 and 1, ens_topdown 0, 1 and 2): paired on those two.
+  x = verdicts[('ens_topdown', 'ens', 16)]
+  assert x['seeds'] == [0, 1] and abs(x['delta'] - (21.0 + 12.1) / 2) < 1e-9
+  assert x['verdict'] == 'a better'  # +21.0 and +12.1: both positive, mean 16.55 > std 6.29
+
+
+def test_a_control_row_changes_only_what_it_names():
+  config = load('config').get_config('cpu')
+  base = run.row_config(config, (64, 32), 3, report.RS_ROWS['ens_topdown'])
+  mean = run.row_config(config, (64, 32), 3, report.RS_ROWS['mean_loss'])
+  # Averaging the loss over S = 2 sizes: learning rate / 2 and weight decay x 2, nothing else.
+  assert mean.optim.learning_rate == base.optim.learning_rate / 2
+  assert mean.optim.weight_decay == base.optim.weight_decay * 2
+  mean.optim.learning_rate, mean.optim.weight_decay = base.optim.learning_rate, base.optim.weight_decay
+  assert mean.to_dict() == base.to_dict() and base.seed == 3 and base.model.resolutions == (64, 32)
+  inet = run.row_config(config, (48,), 0, report.INET_ROW)
+  assert inet.distillation == 'none' and inet.model.resolutions == (48,)
 
 
 def make_photos(root, classes=2, per_class=8, size=24):
@@ -89,7 +113,9 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
   assert result['tables']['ens_topdown']['seeds'] == [0, 1]
   cross = next(r for r in result['runs'] if r['row'] == 'inet_largest')['accuracies']
   assert {'top1/16', 'top1/12'} <= set(cross)  # the I-16 network at both sizes
-  assert (out / 'results.md').read_text().startswith('# Imagenette')
+  assert (out / 'results.md').read_text().startswith('# photos, variant smoke')  # the data's name
+  for figure in ('accuracy_vs_macs', 'claims'):
+    assert (out / f'{figure}.png').stat().st_size > 10_000 and (out / f'{figure}.svg').exists()
   # Each training is a product run: checkpoints, TensorBoard and the loop's own reports.
   for run_dir in ('inet_16/seed0', 'inet_12/seed0', 'ens_topdown/seed0', 'ens_topdown/seed1'):
     workdir = out / 'runs' / run_dir

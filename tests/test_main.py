@@ -45,6 +45,7 @@ def test_default_command_end_to_end(tmp_path):
   table = (tmp_path / 'results.md').read_text()
   assert '| 32 |' in table and 'ensemble' in table
   assert (tmp_path / 'accuracy_vs_macs.png').stat().st_size > 10_000
+  assert (tmp_path / 'accuracy_vs_macs.svg').stat().st_size > 10_000
   assert any((tmp_path / 'tensorboard').iterdir())
   net, params, stats = rsnets_jax.load(tmp_path)
   assert net.resolutions == (32, 28, 24, 20, 16) and sorted(stats) == [16, 20, 24, 28, 32]

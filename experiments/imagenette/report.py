@@ -6,12 +6,20 @@ import dataclasses
 import json
 import os
 import platform
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 
 from rsnets_jax import evaluate
+
+
+def _mean_loss(config) -> Dict[str, Any]:
+  """The loss averaged over the S resolutions instead of summed. With SGD and coupled weight
+  decay that is exactly a learning rate / S and a weight decay x S on the summed loss."""
+  s = len(config.model.resolutions)
+  return {'optim.learning_rate': config.optim.learning_rate / s,
+          'optim.weight_decay': config.optim.weight_decay * s}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,15 +28,21 @@ class Row:
   shared_bn: bool
   distillation: str
   model: Tuple[Tuple[str, Any], ...] = ()  # config.model fields that differ from the recipe's
+  # Other config fields (dotted paths) that differ, as a function of the recipe's config.
+  adjust: Optional[Callable[[Any], Dict[str, Any]]] = None
 
 
 # The RS-Net rows; 'inets' is built per resolution from the same recipe. The quantized rows are
-# the quantized reference's networks (LQ-Nets quantizers) trained with the same recipe.
+# the quantized reference's networks (LQ-Nets quantizers) trained with the same recipe. The
+# controls change one thing of the RS-Net row, to find out why a claim fails.
 RS_ROWS = {
     'shared_bn': Row('shared BN', True, 'none'),
     'private_bn': Row('private BN (parallel)', False, 'none'),
     'ens': Row('private BN + ens KD', False, 'ens'),
     'ens_topdown': Row('RS-Net (private BN + full KD)', False, 'ens_topdown'),
+    'mean_loss': Row('RS-Net, loss averaged over sizes', False, 'ens_topdown', adjust=_mean_loss),
+    'private_bn_mean_loss': Row('private BN, loss averaged over sizes', False, 'none',
+                                adjust=_mean_loss),
     'lq_fp': Row('RS-Net, quantized layout, 32-bit', False, 'ens_topdown',
                  (('arch', 'lq_resnet18'),)),
     'w2a32': Row('RS-Net W2/A32', False, 'ens_topdown',
@@ -37,6 +51,7 @@ RS_ROWS = {
                 (('arch', 'lq_preact_resnet18'), ('weight_bits', 2), ('activation_bits', 2))),
 }
 INETS_LABEL = 'I-Nets'
+INET_ROW = Row(INETS_LABEL, False, 'none')  # each of them: one resolution, no distillation
 
 
 def largest_label(resolutions) -> str:
@@ -60,8 +75,8 @@ def row_order(tables) -> List[str]:
 
 
 def aggregate(records: List[Dict[str, Any]], ref_net, resolutions) -> Dict[str, Dict[str, Any]]:
-  """Per row: evaluate.results_table of the mean over its seeds, each accuracy with its spread
-  (max - min over the seeds) and the per-seed values."""
+  """Per row: evaluate.results_table of the mean over its seeds, each accuracy with its per-seed
+  values and, with two seeds or more, their sample standard deviation (`top1_std`)."""
   tables = {}
   for row in dict.fromkeys(r['row'] for r in records):
     runs = [r for r in records if r['row'] == row]
@@ -76,22 +91,12 @@ def aggregate(records: List[Dict[str, Any]], ref_net, resolutions) -> Dict[str, 
       for metric in ('top1', 'top5'):
         v = values.get(f'{metric}/{name}')
         if v is not None:
-          entry[f'{metric}_spread'] = float(np.max(v) - np.min(v))
           entry[f'{metric}_per_seed'] = v
+          if len(v) > 1:
+            entry[f'{metric}_std'] = float(np.std(v, ddof=1))
     table['seeds'] = [r['seed'] for r in runs]
     tables[row] = table
   return tables
-
-
-def seed_spread(tables, resolutions) -> Dict[int, Optional[float]]:
-  """Per resolution: the largest top-1 spread of the rows trained with two or more seeds, tested
-  where they were trained (the largest I-Net away from its size is not a training outcome)."""
-  spread = {}
-  for res in resolutions:
-    values = [e['top1_spread'] for t in tables.values() if len(t['seeds']) > 1
-              for e in t['rows'] if e['resolution'] == res and e['trained'] and 'top1_spread' in e]
-    spread[res] = max(values) if values else None
-  return spread
 
 
 # (row a, row b, the paper's claim in words): the claim is that a is better than b.
@@ -104,13 +109,40 @@ COMPARISONS = (
     ('ens_topdown', 'private_bn', 'full ensemble distillation improves on no distillation'),
     ('ens_topdown', 'ens', 'full distillation improves on vanilla distillation'),
     ('ens_topdown', 'inets', 'the RS-Net beats the individual network at every size'),
+    # Controls, not claims of the paper: what one change does to a row.
+    ('mean_loss', 'ens_topdown', 'control: averaging the loss over sizes improves the RS-Net'),
+    ('mean_loss', 'inets', 'control: the RS-Net with its loss averaged beats the individual '
+                           'networks'),
+    ('private_bn_mean_loss', 'private_bn', 'control: averaging the loss over sizes improves '
+                                           'private BN without distillation'),
 )
 
 
+VERDICT_WORDS = {'a better': 'holds', 'b better': 'reversed', 'tie': 'tie', 'no spread': 'no spread'}
+
+
+def paired(tables, a: str, b: str, res: int) -> Dict[str, Any]:
+  """Row a against row b at `res`, paired by seed (rows of one seed see the same images in the
+  same order with the same crops): the mean of the per-seed differences a - b over the seeds both
+  ran, their sample standard deviation, and a verdict. A verdict needs two seeds or more on both
+  sides ('no spread' otherwise); it is 'a better' (or 'b better') only when every seed's
+  difference has that sign and the mean is larger than the standard deviation, else 'tie'."""
+  per_a = dict(zip(tables[a]['seeds'], _entry(tables[a], res)['top1_per_seed']))
+  per_b = dict(zip(tables[b]['seeds'], _entry(tables[b], res)['top1_per_seed']))
+  common = sorted(set(per_a) & set(per_b))
+  if len(per_a) < 2 or len(per_b) < 2 or len(common) < 2:
+    delta = _entry(tables[a], res)['top1'] - _entry(tables[b], res)['top1']
+    return {'delta': delta, 'std': None, 'seeds': common, 'verdict': 'no spread'}
+  diffs = np.array([per_a[s] - per_b[s] for s in common])
+  delta, std = float(diffs.mean()), float(diffs.std(ddof=1))
+  verdict = 'tie'
+  if abs(delta) > std and (np.all(diffs > 0) or np.all(diffs < 0)):
+    verdict = 'a better' if delta > 0 else 'b better'
+  return {'delta': delta, 'std': std, 'seeds': common, 'verdict': verdict}
+
+
 def compare(tables, resolutions) -> List[Dict[str, Any]]:
-  """For each claim and resolution: the top-1 difference of the means (a - b) and a verdict;
-  a difference no larger than the seed spread at that resolution is a tie."""
-  spread = seed_spread(tables, resolutions)
+  """Each of the paper's claims at each resolution: `paired` a against b."""
   out = []
   for a, b, claim in COMPARISONS:
     if a not in tables or b not in tables:
@@ -118,30 +150,21 @@ def compare(tables, resolutions) -> List[Dict[str, Any]]:
     for res in resolutions:
       if res == max(resolutions) and 'inet_largest' in (a, b):
         continue  # the same network
-      top_a = _top1_at(tables[a], res)
-      top_b = _top1_at(tables[b], res)
-      delta = top_a - top_b
-      noise = spread[res]
-      if noise is None:
-        verdict = 'a better' if delta > 0 else 'b better' if delta < 0 else 'tie'
-      else:
-        verdict = 'tie' if abs(delta) <= noise else ('a better' if delta > 0 else 'b better')
-      out.append({'a': a, 'b': b, 'claim': claim, 'resolution': res, 'delta': delta,
-                  'seed_spread': noise, 'verdict': verdict,
-                  'holds': verdict == 'a better'})
+      x = paired(tables, a, b, res)
+      out.append({'a': a, 'b': b, 'claim': claim, 'resolution': res, **x,
+                  'holds': x['verdict'] == 'a better'})
   return out
 
 
-def _top1_at(table, res):
-  return next(e['top1'] for e in table['rows'] if e['resolution'] == res)
+def _entry(table, res):
+  return next(e for e in table['rows'] if e['resolution'] == res)
 
 
 def _cell(entry, metric='top1') -> str:
   if entry is None or entry.get(metric) is None:
     return '-'
-  spread = entry.get(f'{metric}_spread')
-  per_seed = entry.get(f'{metric}_per_seed') or []
-  return f'{entry[metric]:.2f}' + (f' [{spread:.2f}]' if len(per_seed) > 1 else '')
+  std = entry.get(f'{metric}_std')
+  return f'{entry[metric]:.2f}' + ('' if std is None else f' ± {std:.2f}')
 
 
 def markdown_report(result: Dict[str, Any]) -> str:
@@ -149,16 +172,18 @@ def markdown_report(result: Dict[str, Any]) -> str:
   labels = row_labels(resolutions)
   order = row_order(tables)
   c = result['config']
-  lines = [f"# Imagenette, variant {result['variant']}: RS-ResNet-18 against individual networks", '',
+  lines = [f"# {result['dataset']}, variant {result['variant']}: RS-ResNet-18 against individual "
+           'networks', '',
            f"{result['date']}, {result['machine']}; {c['num_epochs']} epochs, batch "
            f"{c['data']['batch_size']}, width {c['model']['width']}, {c['model']['dtype']}; wall time "
            f"{result['wall_s'] / 60:.1f} min (data {result['data_s']:.0f} s), process CPU time "
            f"{result['cpu_s'] / 60:.1f} min, 1-min load average {result['load_average']['start']:.1f} "
            f"at the start and {result['load_average']['end']:.1f} at the end.", '',
            f"Top-1 (%) on the {result['val_count']} validation images, each counted once. "
-           'Rows with several seeds: mean over the seeds, and in brackets the range (max - min).', '']
+           'Rows with several seeds: mean ± sample standard deviation over the seeds.', '']
   head = '| resolution | MACs | ' + ' | '.join(
-      f"{labels[r]} (seeds {','.join(map(str, tables[r]['seeds']))})" for r in order) + ' |'
+      f"{labels[r]} (seed{'s' * (len(tables[r]['seeds']) > 1)} "
+      f"{','.join(map(str, tables[r]['seeds']))})" for r in order) + ' |'
   lines += [head, '|' + ' --- |' * (len(order) + 2)]
   for res in resolutions:
     macs = next(e['macs'] for e in tables[order[0]]['rows'] if e['resolution'] == res)
@@ -172,14 +197,14 @@ def markdown_report(result: Dict[str, Any]) -> str:
   lines += ['', f"\\* tested at a size it was not trained at (the {labels['inet_largest']} "
                 'network, with its one BatchNorm).', '']
 
-  spread = seed_spread(tables, resolutions)
   lines += ['## The paper\'s claims, here', '',
-            'A difference of means no larger than the seed spread at that resolution (the largest '
-            'range over the rows with several seeds: ' +
-            ', '.join(f'{r}: ' + ('n/a' if s is None else f'{s:.2f}') for r, s in spread.items()) +
-            ') is a tie.', '',
-            '| claim (a better than b) | a | b | ' + ' | '.join(map(str, resolutions)) + ' |',
-            '|' + ' --- |' * (len(resolutions) + 3)]
+            'Each cell: the mean over seeds of the paired difference a - b in top-1 points (rows of '
+            'one seed see the same images, order and crops), ± its sample standard deviation, over '
+            'the seeds both rows ran, and a verdict: "holds" (or "reversed") when every seed\'s '
+            'difference has that sign and the mean is larger than the standard deviation, "tie" '
+            'otherwise; "no spread" when a row has a single seed (no verdict).', '',
+            '| claim (a better than b) | a | b | seeds | ' + ' | '.join(map(str, resolutions)) + ' |',
+            '|' + ' --- |' * (len(resolutions) + 4)]
   for a, b, claim in COMPARISONS:
     found = {x['resolution']: x for x in result['comparisons'] if x['a'] == a and x['b'] == b}
     if not found:
@@ -187,10 +212,10 @@ def markdown_report(result: Dict[str, Any]) -> str:
     cells = []
     for res in resolutions:
       x = found.get(res)
-      cells.append('-' if x is None else
-                   f"{x['delta']:+.2f} " + {'a better': 'holds', 'b better': 'reversed',
-                                            'tie': 'tie'}[x['verdict']])
-    lines.append(f'| {claim} | {labels[a]} | {labels[b]} | ' + ' | '.join(cells) + ' |')
+      cells.append('-' if x is None else f"{x['delta']:+.2f}" +
+                   ('' if x['std'] is None else f" ± {x['std']:.2f}") + ' ' + VERDICT_WORDS[x['verdict']])
+    seeds = ','.join(map(str, next(iter(found.values()))['seeds'])) or '-'
+    lines.append(f'| {claim} | {labels[a]} | {labels[b]} | {seeds} | ' + ' | '.join(cells) + ' |')
 
   lines += ['', '## Top-5 (%)', '', '| resolution | ' + ' | '.join(labels[r] for r in order) + ' |',
             '|' + ' --- |' * (len(order) + 1)]
@@ -238,14 +263,59 @@ def write_reports(out: str, result: Dict[str, Any]):
   if largest in curves:
     # evaluate.plot draws untrained sizes hollow under the legend 'BatchNorm recalibrated'; this
     # network keeps its own BatchNorm at every size, so it is drawn plain and says so by name.
-    table = curves.pop(largest)
+    # Its 'ensemble' averages one network's views, not the sizes of an RS-Net: left out.
+    table = {k: v for k, v in curves.pop(largest).items() if k != 'ensemble'}
     curves = {**{k: v for k, v in curves.items() if k == INETS_LABEL},
               f'{largest}, its BatchNorm at every size':
                   {**table, 'rows': [{**r, 'trained': True} for r in table['rows']]},
               **{k: v for k, v in curves.items() if k != INETS_LABEL}}
-  evaluate.plot(curves,
-                os.path.join(out, 'accuracy_vs_macs.png'),
-                f"Imagenette, ResNet-18 width {result['config']['model']['width']}, "
-                f"{result['config']['num_epochs']} epochs ({result['variant']})")
+  c = result['config']
+  title = (f"{result['dataset']}: ResNet-18 width {c['model']['width']}, {c['num_epochs']} epochs "
+           f"({result['variant']})")
+  evaluate.plot(curves, os.path.join(out, 'accuracy_vs_macs.png'), title)
+  plot_claims(result, os.path.join(out, 'claims.png'), title)
 
 
+def plot_claims(result: Dict[str, Any], path: str, title: str):
+  """One panel per claim: the paired difference a - b (top-1 points) at each resolution, with its
+  seed standard deviation as an error bar, coloured by verdict. PNG at 150 dpi and SVG beside it."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import textwrap
+  labels = row_labels(result['resolutions'])
+  claims = [(a, b, claim) for a, b, claim in COMPARISONS
+            if any(x['a'] == a and x['b'] == b for x in result['comparisons'])]
+  if not claims:
+    return
+  cols = min(4, len(claims))
+  rows = -(-len(claims) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+  colours = {'a better': 'tab:green', 'b better': 'tab:red', 'tie': 'tab:gray',
+             'no spread': 'lightgray'}
+  for ax, (a, b, claim) in zip(axes.flat, claims):
+    found = [x for x in result['comparisons'] if x['a'] == a and x['b'] == b]
+    names = [str(x['resolution']) for x in found]
+    ax.bar(names, [x['delta'] for x in found], color=[colours[x['verdict']] for x in found])
+    spread = [(n, x) for n, x in zip(names, found) if x['std'] is not None]
+    if spread:
+      ax.errorbar([n for n, _ in spread], [x['delta'] for _, x in spread],
+                  yerr=[x['std'] for _, x in spread], fmt='none', ecolor='black', capsize=3)
+    ax.axhline(0, color='black', linewidth=0.8)
+    ax.set_title('\n'.join(textwrap.wrap(claim, 34)) + f'\n{labels[a]} - {labels[b]}', fontsize=8)
+    ax.set_xlabel('resolution (px)', fontsize=8)
+    ax.set_ylabel('top-1 difference (points)', fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis='y', alpha=0.3)
+  handles = [matplotlib.patches.Patch(color=colours[v], label=VERDICT_WORDS[v]) for v in colours]
+  spare = list(axes.flat)[len(claims):]
+  for ax in spare:
+    ax.axis('off')
+  legend_at = spare[-1] if spare else fig
+  legend_at.legend(handles=handles, loc='center' if spare else 'lower right', fontsize=8,
+                   title='verdict, paired over seeds\n(bar: mean, error bar: seed std)',
+                   title_fontsize=8)
+  fig.suptitle(title + ': the paper\'s claims', fontsize=10)
+  fig.tight_layout()
+  evaluate.save_figure(fig, path)
+  plt.close(fig)

@@ -19,7 +19,7 @@ same image order and the same crop boxes (both drawn from the seed and the posit
 stream); the seed also decides the initial weights and the flips. The loop's compiled steps are
 shared: a second seed of a row compiles nothing. The tables and verdicts are report.py's.
 
-Writes results.json, results.md and accuracy_vs_macs.png to --out (default runs/imagenette/<variant>).
+Writes results.json, results.md, accuracy_vs_macs.png and claims.png (each figure also as SVG) to --out (default runs/imagenette/<variant>).
 """
 import logging
 import os
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import cli, data, loop, steps
+from rsnets_jax import cli, data, evaluate, loop, steps
 from rsnets_jax.errors import DataError, TrainingError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,13 +61,16 @@ def load_sources(config):
   return tuple(sources)
 
 
-def row_config(config, resolutions, shared_bn: bool, distillation: str, seed: int, model=()):
+def row_config(config, resolutions, seed: int, row: report.Row):
+  """The recipe with a row's network, distillation and adjustments, at `resolutions`."""
   c = config.copy_and_resolve_references()
   c.model.resolutions = tuple(resolutions)
-  c.model.shared_bn = shared_bn
-  c.model.update(dict(model))
-  c.distillation = distillation
+  c.model.shared_bn = row.shared_bn
+  c.model.update(dict(row.model))
+  c.distillation = row.distillation
   c.seed = seed
+  if row.adjust:
+    c.update_from_flattened_dict(row.adjust(c))
   return c
 
 
@@ -95,30 +98,41 @@ def at_every_size(config, workdir: str, resolutions, val_source) -> Dict[str, fl
                        data.eval_batches(config, resolutions, source=val_source))
 
 
-def run_all(config, out: str, train_source, val_source) -> List[Dict[str, Any]]:
-  """Every (row, seed) of the config; one record per training with its accuracies and timing."""
+def train_inets(config, out: str, seed: int, train_source, val_source) -> List[Dict[str, Any]]:
+  """One network per resolution (seed `seed`); the largest also tested at every other size."""
   resolutions = tuple(config.model.resolutions)
   records = []
-  for seed in config.seeds.inets:
-    per_res: Dict[str, float] = {}
-    wall_s = 0.0
-    for res in resolutions:
-      c = row_config(config, (res,), False, 'none', seed)
-      workdir = os.path.join(out, 'runs', f'inet_{res}', f'seed{seed}')
-      result = train_row(c, workdir, train_source, val_source)
-      per_res.update({k: v for k, v in result['accuracies'].items() if k.endswith(f'/{res}')})
-      per_res['count'] = result['accuracies']['count']
-      wall_s += result['wall_s']
-      if res == resolutions[0]:
-        cross = at_every_size(c, workdir, resolutions, val_source)
-        records.append({'row': 'inet_largest', 'seed': seed, 'accuracies': cross})
-        log.info('%s seed %d at every size: %s', report.largest_label(resolutions), seed,
-                 report.top1s(cross))
-    records.append({'row': 'inets', 'seed': seed, 'accuracies': per_res, 'wall_s': wall_s})
-    log.info('I-Nets seed %d: %s', seed, report.top1s(per_res))
-  for name, row in report.RS_ROWS.items():
-    for seed in config.seeds[name]:
-      c = row_config(config, resolutions, row.shared_bn, row.distillation, seed, row.model)
+  per_res: Dict[str, float] = {}
+  wall_s = 0.0
+  for res in resolutions:
+    c = row_config(config, (res,), seed, report.INET_ROW)
+    workdir = os.path.join(out, 'runs', f'inet_{res}', f'seed{seed}')
+    result = train_row(c, workdir, train_source, val_source)
+    per_res.update({k: v for k, v in result['accuracies'].items() if k.endswith(f'/{res}')})
+    per_res['count'] = result['accuracies']['count']
+    wall_s += result['wall_s']
+    if res == resolutions[0]:
+      cross = at_every_size(c, workdir, resolutions, val_source)
+      records.append({'row': 'inet_largest', 'seed': seed, 'accuracies': cross})
+      log.info('%s seed %d at every size: %s', report.largest_label(resolutions), seed,
+               report.top1s(cross))
+  records.append({'row': 'inets', 'seed': seed, 'accuracies': per_res, 'wall_s': wall_s})
+  log.info('I-Nets seed %d: %s', seed, report.top1s(per_res))
+  return records
+
+
+def run_all(config, out: str, train_source, val_source) -> List[Dict[str, Any]]:
+  """Every (row, seed) of the config, seed by seed: an interrupted comparison leaves whole seeds
+  of every row (paired), not every seed of the first rows. One record per training."""
+  resolutions = tuple(config.model.resolutions)
+  records = []
+  for seed in sorted({s for row in ('inets', *report.RS_ROWS) for s in config.seeds[row]}):
+    if seed in config.seeds.inets:
+      records += train_inets(config, out, seed, train_source, val_source)
+    for name, row in report.RS_ROWS.items():
+      if seed not in config.seeds[name]:
+        continue
+      c = row_config(config, resolutions, seed, row)
       result = train_row(c, os.path.join(out, 'runs', name, f'seed{seed}'), train_source,
                          val_source)
       records.append({'row': name, 'seed': seed, **result})
@@ -140,7 +154,7 @@ def run(config, out: str) -> Dict[str, Any]:
   ref_net = rsnets_jax.RSNet(**config.model)
   tables = report.aggregate(records, ref_net, resolutions)
   result = {
-      'variant': config.variant, 'date': time.strftime('%Y-%m-%d %H:%M %Z'),
+      'variant': config.variant, 'dataset': evaluate.dataset_name(config.data), 'date': time.strftime('%Y-%m-%d %H:%M %Z'),
       'machine': report.machine(), 'command': ' '.join(sys.argv), 'resolutions': list(resolutions),
       'train_count': len(train_source), 'val_count': len(val_source),
       'config': config.to_dict(), 'data_s': round(data_s, 1), 'runs': records, 'tables': tables,
