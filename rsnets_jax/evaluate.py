@@ -85,12 +85,34 @@ def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str):
   """Top-1 against MACs, one line per named series (the paper's figure), written as `path` (PNG,
   150 dpi) and as SVG beside it. Resolutions that were not trained are hollow; a series' seed
   spread (`top1_std`) is an error bar; its ensemble is a star at the MACs of all its resolutions
-  together; the resolutions are named once, on the top axis, at their MACs; chance is dashed."""
+  together; the resolutions are named above the plot, at their MACs; chance is dashed. When the
+  curves lie far above chance, a second panel shows them at a scale where they can be told apart."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  classes = {t['num_classes'] for t in curves.values() if t.get('num_classes')}
+  chance = 100.0 / classes.pop() if len(classes) == 1 else None
+  tops = [r['top1'] for t in curves.values() for r in t['rows'] if r['top1'] is not None]
+  tops += [t['ensemble']['top1'] for t in curves.values()
+           if t.get('ensemble') and t['ensemble'].get('top1') is not None]
+  zoom = chance is not None and min(tops) - chance > 2 * (max(tops) - min(tops))
+  fig, axes = plt.subplots(1, 1 + zoom, squeeze=False,
+                           figsize=(7.5 + 5 * zoom + 2.5 * (len(curves) > 1), 4.6))
+  for i, ax in enumerate(axes[0]):
+    _plot_curves(ax, curves, chance if i == 0 else None)
+    ax.set_title(f'{title}\n(numbers above: resolution in px)' if i == 0 else
+                 'the same, zoomed in\n(numbers above: resolution in px)', fontsize=10, pad=26)
+  handles, labels = axes[0][0].get_legend_handles_labels()  # the first panel's has chance
+  axes[0][-1].legend(handles, labels, fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+                     borderaxespad=0)
+  fig.tight_layout()
+  save_figure(fig, path)
+  plt.close(fig)
+
+
+def _plot_curves(ax, curves: Dict[str, Dict[str, Any]], chance: Optional[float]):
+  """`plot`'s curves on one axes; the chance line when `chance` is given."""
   from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
-  fig, ax = plt.subplots(figsize=(7.5 + 2.5 * (len(curves) > 1), 4.6))
   untrained = ensembles = False
   sizes: Dict[int, float] = {}
   for name, table in curves.items():
@@ -114,16 +136,15 @@ def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str):
   if ensembles:
     ax.plot([], [], '*', color='gray', markersize=11, linestyle='none',
             label='ensemble of all its sizes (at their MACs together)')
-  classes = {t['num_classes'] for t in curves.values() if t.get('num_classes')}
-  if len(classes) == 1:
-    ax.axhline(100.0 / classes.pop(), color='gray', linestyle='--', linewidth=1,
-               label='chance')
+  if chance is not None:
+    ax.axhline(chance, color='gray', linestyle='--', linewidth=1, label='chance')
   ax.set_xscale('log')
   ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
   ax.xaxis.set_major_formatter(FormatStrFormatter('%g'))
   ax.xaxis.set_minor_locator(NullLocator())
   ax.set_xlabel('MACs per image (millions, log scale)')
   ax.set_ylabel('top-1 accuracy (%)')
+  ax.grid(alpha=0.3)
   # The resolutions above the plot, at their MACs; a label too close to its left neighbour is
   # raised a line so that none overlap.
   ax.set_xlim(*ax.get_xlim())
@@ -136,12 +157,6 @@ def plot(curves: Dict[str, Dict[str, Any]], path: str, title: str):
     ax.annotate(str(res), (macs, 1.0), xycoords=ax.get_xaxis_transform(), ha='center',
                 va='bottom', fontsize=8, textcoords='offset points', xytext=(0, 12 if raised else 3))
     ax.axvline(macs, color='gray', alpha=0.15, linewidth=0.8)
-  ax.set_title(f'{title}\n(numbers above: resolution in px)', fontsize=10, pad=26)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-  fig.tight_layout()
-  save_figure(fig, path)
-  plt.close(fig)
 
 
 def save_figure(fig, path: str):

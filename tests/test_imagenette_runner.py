@@ -45,7 +45,7 @@ def test_verdicts_are_paired_over_seeds_and_need_two_seeds_on_both_sides():
   tables = {
       # At 32 the means differ by 1.5 but seed 1 goes the other way: a tie. At 16 every seed gains
       # 2 +- 0.1, although the I-Nets' own seeds spread by 1: paired, that holds. At 8 every seed
-      # loses: reversed.
+      # loses 0.83 +- 0.29: t = -5.0 on 2 degrees of freedom, reversed.
       'inets': _table({32: [49.0, 51.0, 50.0], 16: [39.0, 40.0, 41.0], 8: [30.0, 31.0, 32.0]}),
       'ens_topdown': _table({32: [52.0, 50.5, 52.0], 16: [41.0, 42.1, 42.9], 8: [29.0, 30.5, 31.0]}),
       'private_bn': _table({32: [60.0], 16: [20.0], 8: [10.0]}),
@@ -56,15 +56,17 @@ def test_verdicts_are_paired_over_seeds_and_need_two_seeds_on_both_sides():
   assert x['verdict'] == 'tie' and x['seeds'] == [0, 1, 2] and abs(x['delta'] - 4.5 / 3) < 1e-9
   x = verdicts[('ens_topdown', 'inets', 16)]
   assert x['verdict'] == 'a better' and x['holds'] and abs(x['delta'] - 2.0) < 1e-9
-  assert abs(x['std'] - 0.1) < 1e-9
-  assert verdicts[('ens_topdown', 'inets', 8)]['verdict'] == 'b better'
+  assert abs(x['std'] - 0.1) < 1e-9 and x['p'] < 1e-3
+  x = verdicts[('ens_topdown', 'inets', 8)]
+  assert x['verdict'] == 'b better' and 0.01 < x['p'] < 0.05
   # A single seed on one side: the difference of the means, and no verdict.
   x = verdicts[('ens', 'private_bn', 16)]
   assert x['verdict'] == 'no spread' and x['std'] is None and x['delta'] == 5.0
   # Two seeds in common (ens ran 0 and 1, ens_topdown 0, 1 and 2): paired on those two.
   x = verdicts[('ens_topdown', 'ens', 16)]
   assert x['seeds'] == [0, 1] and abs(x['delta'] - (21.0 + 12.1) / 2) < 1e-9
-  assert x['verdict'] == 'a better'  # +21.0 and +12.1: both positive, mean 16.55 > std 6.29
+  # +21.0 and +12.1: both positive, but on one degree of freedom t = 3.7 is not enough.
+  assert x['verdict'] == 'tie' and 0.05 < x['p'] < 0.1
 
 
 def test_a_control_row_changes_only_what_it_names():
@@ -114,7 +116,7 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
   cross = next(r for r in result['runs'] if r['row'] == 'inet_largest')['accuracies']
   assert {'top1/16', 'top1/12'} <= set(cross)  # the I-16 network at both sizes
   assert (out / 'results.md').read_text().startswith('# photos, variant smoke')  # the data's name
-  for figure in ('accuracy_vs_macs', 'claims'):
+  for figure in ('accuracy_vs_macs', 'largest_at_every_size', 'claims'):
     assert (out / f'{figure}.png').stat().st_size > 10_000 and (out / f'{figure}.svg').exists()
   # Each training is a product run: checkpoints, TensorBoard and the loop's own reports.
   for run_dir in ('inet_16/seed0', 'inet_12/seed0', 'ens_topdown/seed0', 'ens_topdown/seed1'):
@@ -129,3 +131,5 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
   assert 'step 1/2' not in again.stderr and again.stderr.count('already holds the final step') == 4
   rerun = json.loads((out / 'results.json').read_text())
   assert rerun['tables'] == result['tables']
+  # ... and each training's wall time is still the one it took to train.
+  assert [r.get('wall_s') for r in rerun['runs']] == [r.get('wall_s') for r in result['runs']]

@@ -14,10 +14,10 @@ size:
   cpu    width 0.125 and every resolution halved (64/56/48/40/32, the same ratios), float32: the 15
          trainings fit in about half an hour on 2 CPU cores. Full-size resolutions are about 4x
          slower per image there and do not fit (see experiments/imagenette/README.md).
-  cpu_long  the cpu network and resolutions for 16 epochs (1 of warm-up), every row, 3 seeds for
-         the I-Nets and the RS-Net and 2 for the other rows: a regime where accuracy depends on
-         resolution (the 3-epoch cpu variant is too short for that), about 1.5-2 hours on 2 CPU
-         cores.
+  cpu_long  the cpu network and resolutions for 16 epochs (1 of warm-up), every row and the two
+         loss-averaging controls, 3 seeds (2 for shared BN and the private-BN control): a regime
+         where accuracy depends on resolution (the 3-epoch cpu variant is too short for that),
+         about 2 hours on 2 CPU cores.
   smoke  the cpu network on a class-balanced subset for one epoch: a few minutes, to check that the
          whole runner works end to end. Its numbers mean nothing.
 """
@@ -77,8 +77,9 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
   if variant == 'cpu_long':
     c.num_epochs = 16
     c.optim.warmup_epochs = 1.0
-    c.seeds.update({'inets': (0, 1, 2), 'shared_bn': (0, 1), 'private_bn': (0, 1), 'ens': (0, 1),
-                    'ens_topdown': (0, 1, 2)})
+    c.seeds.update({'inets': (0, 1, 2), 'shared_bn': (0, 1), 'private_bn': (0, 1, 2),
+                    'ens': (0, 1, 2), 'ens_topdown': (0, 1, 2), 'mean_loss': (0, 1, 2),
+                    'private_bn_mean_loss': (0, 1)})
   if variant == 'smoke':
     c.num_epochs = 1
     c.optim.warmup_epochs = 0.0

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
+import scipy.stats
 
 from rsnets_jax import evaluate
 
@@ -121,24 +122,27 @@ COMPARISONS = (
 VERDICT_WORDS = {'a better': 'holds', 'b better': 'reversed', 'tie': 'tie', 'no spread': 'no spread'}
 
 
-def paired(tables, a: str, b: str, res: int) -> Dict[str, Any]:
+def paired(tables, a: str, b: str, res: int, level: float = 0.05) -> Dict[str, Any]:
   """Row a against row b at `res`, paired by seed (rows of one seed see the same images in the
   same order with the same crops): the mean of the per-seed differences a - b over the seeds both
-  ran, their sample standard deviation, and a verdict. A verdict needs two seeds or more on both
-  sides ('no spread' otherwise); it is 'a better' (or 'b better') only when every seed's
-  difference has that sign and the mean is larger than the standard deviation, else 'tie'."""
+  ran, their sample standard deviation, and a one-sided paired t-test of the claim's direction
+  (`p`: of a better than b, or of b better when the mean is negative). The verdict is 'a better'
+  (or 'b better') when p < `level`, else 'tie'; with fewer than two seeds on either side there is
+  no spread to test against: 'no spread'."""
   per_a = dict(zip(tables[a]['seeds'], _entry(tables[a], res)['top1_per_seed']))
   per_b = dict(zip(tables[b]['seeds'], _entry(tables[b], res)['top1_per_seed']))
   common = sorted(set(per_a) & set(per_b))
   if len(per_a) < 2 or len(per_b) < 2 or len(common) < 2:
     delta = _entry(tables[a], res)['top1'] - _entry(tables[b], res)['top1']
-    return {'delta': delta, 'std': None, 'seeds': common, 'verdict': 'no spread'}
+    return {'delta': delta, 'std': None, 'p': None, 'seeds': common, 'verdict': 'no spread'}
   diffs = np.array([per_a[s] - per_b[s] for s in common])
   delta, std = float(diffs.mean()), float(diffs.std(ddof=1))
-  verdict = 'tie'
-  if abs(delta) > std and (np.all(diffs > 0) or np.all(diffs < 0)):
-    verdict = 'a better' if delta > 0 else 'b better'
-  return {'delta': delta, 'std': std, 'seeds': common, 'verdict': verdict}
+  if std == 0:
+    p = 0.0 if delta else 1.0
+  else:
+    p = float(scipy.stats.t.sf(abs(delta) / (std / np.sqrt(len(diffs))), len(diffs) - 1))
+  verdict = 'tie' if p >= level else ('a better' if delta > 0 else 'b better')
+  return {'delta': delta, 'std': std, 'p': p, 'seeds': common, 'verdict': verdict}
 
 
 def compare(tables, resolutions) -> List[Dict[str, Any]]:
@@ -200,9 +204,10 @@ def markdown_report(result: Dict[str, Any]) -> str:
   lines += ['## The paper\'s claims, here', '',
             'Each cell: the mean over seeds of the paired difference a - b in top-1 points (rows of '
             'one seed see the same images, order and crops), ± its sample standard deviation, over '
-            'the seeds both rows ran, and a verdict: "holds" (or "reversed") when every seed\'s '
-            'difference has that sign and the mean is larger than the standard deviation, "tie" '
-            'otherwise; "no spread" when a row has a single seed (no verdict).', '',
+            'the seeds both rows ran; p of a one-sided paired t-test in the direction of the mean; '
+            'and a verdict: "holds" (or "reversed") when p < 0.05, "tie" otherwise; "no spread" '
+            'when a row has a single seed (no test). With two or three seeds only large, steady '
+            'differences pass.', '',
             '| claim (a better than b) | a | b | seeds | ' + ' | '.join(map(str, resolutions)) + ' |',
             '|' + ' --- |' * (len(resolutions) + 4)]
   for a, b, claim in COMPARISONS:
@@ -213,7 +218,8 @@ def markdown_report(result: Dict[str, Any]) -> str:
     for res in resolutions:
       x = found.get(res)
       cells.append('-' if x is None else f"{x['delta']:+.2f}" +
-                   ('' if x['std'] is None else f" ± {x['std']:.2f}") + ' ' + VERDICT_WORDS[x['verdict']])
+                   ('' if x['std'] is None else f" ± {x['std']:.2f} (p {x['p']:.2f})") + ' ' +
+                   VERDICT_WORDS[x['verdict']])
     seeds = ','.join(map(str, next(iter(found.values()))['seeds'])) or '-'
     lines.append(f'| {claim} | {labels[a]} | {labels[b]} | {seeds} | ' + ' | '.join(cells) + ' |')
 
@@ -258,21 +264,24 @@ def write_reports(out: str, result: Dict[str, Any]):
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(markdown_report(result))
   labels = row_labels(result['resolutions'])
-  curves = {labels[r]: result['tables'][r] for r in row_order(result['tables'])}
-  largest = labels['inet_largest']
-  if largest in curves:
-    # evaluate.plot draws untrained sizes hollow under the legend 'BatchNorm recalibrated'; this
-    # network keeps its own BatchNorm at every size, so it is drawn plain and says so by name.
-    # Its 'ensemble' averages one network's views, not the sizes of an RS-Net: left out.
-    table = {k: v for k, v in curves.pop(largest).items() if k != 'ensemble'}
-    curves = {**{k: v for k, v in curves.items() if k == INETS_LABEL},
-              f'{largest}, its BatchNorm at every size':
-                  {**table, 'rows': [{**r, 'trained': True} for r in table['rows']]},
-              **{k: v for k, v in curves.items() if k != INETS_LABEL}}
+  tables = result['tables']
   c = result['config']
   title = (f"{result['dataset']}: ResNet-18 width {c['model']['width']}, {c['num_epochs']} epochs "
            f"({result['variant']})")
-  evaluate.plot(curves, os.path.join(out, 'accuracy_vs_macs.png'), title)
+  # Every row trained at the sizes it is tested at: the paper's figure.
+  evaluate.plot({labels[r]: tables[r] for r in row_order(tables) if r != 'inet_largest'},
+                os.path.join(out, 'accuracy_vs_macs.png'), title)
+  if 'inet_largest' in tables:
+    # Why train at every size: the largest I-Net fed smaller images, beside the I-Nets and the
+    # RS-Net. evaluate.plot draws untrained sizes hollow under the legend 'BatchNorm
+    # recalibrated'; this network keeps its own BatchNorm at every size, so it is drawn plain and
+    # says so by name; its 'ensemble' averages one network's views, not an RS-Net's sizes.
+    largest = {k: v for k, v in tables['inet_largest'].items() if k != 'ensemble'}
+    largest['rows'] = [{**r, 'trained': True} for r in largest['rows']]
+    evaluate.plot({labels['inets']: tables['inets'],
+                   f"{labels['inet_largest']}, its BatchNorm at every size": largest,
+                   **{labels[r]: tables[r] for r in ('ens_topdown',) if r in tables}},
+                  os.path.join(out, 'largest_at_every_size.png'), title)
   plot_claims(result, os.path.join(out, 'claims.png'), title)
 
 
@@ -313,7 +322,8 @@ def plot_claims(result: Dict[str, Any], path: str, title: str):
     ax.axis('off')
   legend_at = spare[-1] if spare else fig
   legend_at.legend(handles=handles, loc='center' if spare else 'lower right', fontsize=8,
-                   title='verdict, paired over seeds\n(bar: mean, error bar: seed std)',
+                   title='verdict: one-sided paired t-test\nover seeds, p < 0.05\n'
+                         '(bar: mean, error bar: seed std)',
                    title_fontsize=8)
   fig.suptitle(title + ': the paper\'s claims', fontsize=10)
   fig.tight_layout()

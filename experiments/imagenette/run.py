@@ -19,8 +19,10 @@ same image order and the same crop boxes (both drawn from the seed and the posit
 stream); the seed also decides the initial weights and the flips. The loop's compiled steps are
 shared: a second seed of a row compiles nothing. The tables and verdicts are report.py's.
 
-Writes results.json, results.md, accuracy_vs_macs.png and claims.png (each figure also as SVG) to --out (default runs/imagenette/<variant>).
+Writes results.json, results.md, accuracy_vs_macs.png, largest_at_every_size.png and claims.png
+(each figure also as SVG) to --out (default runs/imagenette/<variant>).
 """
+import json
 import logging
 import os
 import sys
@@ -121,21 +123,42 @@ def train_inets(config, out: str, seed: int, train_source, val_source) -> List[D
   return records
 
 
+TIMINGS = 'timings.json'  # in --out: each (row, seed)'s wall time, from the call that trained it
+
+
 def run_all(config, out: str, train_source, val_source) -> List[Dict[str, Any]]:
   """Every (row, seed) of the config, seed by seed: an interrupted comparison leaves whole seeds
-  of every row (paired), not every seed of the first rows. One record per training."""
+  of every row (paired), not every seed of the first rows. One record per training; its wall time
+  is the one recorded in --out/timings.json when it first finished, so a rerun that only
+  re-evaluates it reports how long it took to train."""
   resolutions = tuple(config.model.resolutions)
+  timings_path = os.path.join(out, TIMINGS)
+  timings = {}
+  if os.path.exists(timings_path):
+    with open(timings_path) as f:
+      timings = json.load(f)
   records = []
+
+  def add(new_records):
+    for record in new_records:
+      if 'wall_s' in record:
+        key = f"{record['row']}/seed{record['seed']}"
+        record['wall_s'] = timings.setdefault(key, record['wall_s'])
+      records.append(record)
+    os.makedirs(out, exist_ok=True)
+    with open(timings_path, 'w') as f:
+      json.dump(timings, f, indent=1)
+
   for seed in sorted({s for row in ('inets', *report.RS_ROWS) for s in config.seeds[row]}):
     if seed in config.seeds.inets:
-      records += train_inets(config, out, seed, train_source, val_source)
+      add(train_inets(config, out, seed, train_source, val_source))
     for name, row in report.RS_ROWS.items():
       if seed not in config.seeds[name]:
         continue
       c = row_config(config, resolutions, seed, row)
       result = train_row(c, os.path.join(out, 'runs', name, f'seed{seed}'), train_source,
                          val_source)
-      records.append({'row': name, 'seed': seed, **result})
+      add([{'row': name, 'seed': seed, **result}])
       log.info('%s seed %d: %s', name, seed, report.top1s(result['accuracies']))
   return records
 
