@@ -85,15 +85,8 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   given_config = config.to_dict()
   mean, std = steps.input_normalisation(config.data)
 
-  # -- recalibration images: training crops, made at the largest resolution in play --
-  # A resolution above the trained ones then gets crops at its own size, not upsampled ones.
-  config = config.copy_and_resolve_references()
-  config.model.resolutions = tuple(sorted(set(net.resolutions) | set(resolutions), reverse=True))
-  num_batches = -(-num_images // config.data.batch_size)
-  train_iter = data.train_iterator(config)
-  batches = [next(train_iter)['image'] for _ in range(num_batches)]
-  train_iter.close()  # stops the loader's worker processes
-  used = num_batches * config.data.batch_size
+  batches, used = data.recalibration_batches(config, set(net.resolutions) | set(resolutions),
+                                             num_images)
 
   # -- add each resolution --
   added = {}

@@ -19,7 +19,7 @@ import math
 import os
 import struct
 import zlib
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import flags
 import grain
@@ -544,3 +544,16 @@ def eval_batches(config, resolutions: Optional[Sequence[int]] = None,
   (default: the config's validation set)."""
   resolutions = config.model.resolutions if resolutions is None else resolutions
   return EvalBatches(config, resolutions, process_index, process_count, source=source)
+
+
+def recalibration_batches(config, resolutions, num_images: int) -> Tuple[List[Any], int]:
+  """Whole batches of the config's training crops, at least `num_images` images, made at the
+  largest of `resolutions` (one above the trained ones then gets crops at its own size, not
+  upsampled ones); and how many images they hold."""
+  config = config.copy_and_resolve_references()
+  config.model.resolutions = tuple(sorted(set(resolutions), reverse=True))
+  num_batches = -(-num_images // config.data.batch_size)
+  train_iter = train_iterator(config)
+  batches = [next(train_iter)['image'] for _ in range(num_batches)]
+  train_iter.close()  # stops the loader's worker processes
+  return batches, num_batches * config.data.batch_size

@@ -339,3 +339,24 @@ def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
   code, out = run_command(f'--workdir={workdir}', '--resolutions=16')
   assert code == 1 and 'Traceback' not in out
   assert out.strip().splitlines()[-1].startswith('error: the network already runs at [16]'), out
+
+
+def test_recalibrated_bn_check_re_estimates_the_trained_resolutions(trained, tmp_path):
+  """experiments/imagenette/recalibrated_bn.py: a network whose running statistics are the ones
+  re-estimated from the same training crops gives the same top-1 in both columns."""
+  spec = importlib.util.spec_from_file_location(
+      'recalibrated_bn', os.path.join(ROOT, 'experiments', 'imagenette', 'recalibrated_bn.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  net, params, _ = trained
+  config = small_config()
+  batches, used = data.recalibration_batches(config, net.resolutions, NUM_IMAGES)
+  assert used == 48 and len(batches) == 3 and batches[0].shape == (BATCH, 32, 32, 3)
+  mean, std = steps.input_normalisation(config.data)
+  stats = {res: recalibrate.recalibrated_stats(net, params, res, batches, used, mean, std)
+           for res in net.resolutions}
+  checkpoint.save_model(tmp_path / 'net', net, params, stats, {'config': config.to_dict()})
+  table = script.compare(config, tmp_path / 'net', NUM_IMAGES)
+  rows = [line.split(' | ') for line in table.splitlines() if line[2:4].isdigit()]
+  assert [int(r[0][2:]) for r in rows] == list(TRAINED)
+  assert all(r[1] == r[2].rstrip(' |') for r in rows), table
