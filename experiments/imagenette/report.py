@@ -176,10 +176,14 @@ def markdown_report(result: Dict[str, Any]) -> str:
   labels = row_labels(resolutions)
   order = row_order(tables)
   c = result['config']
+  trainings = [r for r in result['runs'] if 'wall_s' in r]
+  count = sum(len(result['resolutions']) if r['row'] == 'inets' else 1 for r in trainings)
   lines = [f"# {result['dataset']}, variant {result['variant']}: RS-ResNet-18 against individual "
            'networks', '',
            f"{result['date']}, {result['machine']}; {c['num_epochs']} epochs, batch "
-           f"{c['data']['batch_size']}, width {c['model']['width']}, {c['model']['dtype']}; wall time "
+           f"{c['data']['batch_size']}, width {c['model']['width']}, {c['model']['dtype']}; the "
+           f"{count} trainings took {sum(r['wall_s'] for r in trainings) / 60:.1f} min "
+           f"together (each timed by the call that trained it); this call's wall time "
            f"{result['wall_s'] / 60:.1f} min (data {result['data_s']:.0f} s), process CPU time "
            f"{result['cpu_s'] / 60:.1f} min, 1-min load average {result['load_average']['start']:.1f} "
            f"at the start and {result['load_average']['end']:.1f} at the end.", '',
@@ -311,7 +315,8 @@ def plot_claims(result: Dict[str, Any], path: str, title: str):
       ax.errorbar([n for n, _ in spread], [x['delta'] for _, x in spread],
                   yerr=[x['std'] for _, x in spread], fmt='none', ecolor='black', capsize=3)
     ax.axhline(0, color='black', linewidth=0.8)
-    ax.set_title('\n'.join(textwrap.wrap(claim, 34)) + f'\n{labels[a]} - {labels[b]}', fontsize=8)
+    ax.set_title('\n'.join(textwrap.wrap(claim, 34) + textwrap.wrap(f'{labels[a]} - {labels[b]}', 44)),
+                 fontsize=8)
     ax.set_xlabel('resolution (px)', fontsize=8)
     ax.set_ylabel('top-1 difference (points)', fontsize=8)
     ax.tick_params(labelsize=8)
@@ -325,7 +330,9 @@ def plot_claims(result: Dict[str, Any], path: str, title: str):
                    title='verdict: one-sided paired t-test\nover seeds, p < 0.05\n'
                          '(bar: mean, error bar: seed std)',
                    title_fontsize=8)
-  fig.suptitle(title + ': the paper\'s claims', fontsize=10)
+  controls = any(claim.startswith('control') for _, _, claim in claims)
+  fig.suptitle(title + ': the paper\'s claims' + (' and the controls' if controls else ''),
+               fontsize=10)
   fig.tight_layout()
   evaluate.save_figure(fig, path)
   plt.close(fig)
