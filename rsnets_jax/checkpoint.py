@@ -250,8 +250,7 @@ def committed_steps(directory) -> List[int]:
   directory = _path(directory)
   if not directory.exists():
     return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and
-                (not _is_remote(p) or _complete(p)))
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and _complete(p))
 
 
 def _best_step(directory: epath.Path) -> Optional[int]:
