@@ -4,6 +4,7 @@ anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on t
     PYTHONPATH=. python experiments/benchmark.py --arch resnet18 --batch 256 --dtype bfloat16
     PYTHONPATH=. python experiments/benchmark.py --arch lq_preact_resnet18 --weight-bits 2 \
         --activation-bits 2 [--no-refit]
+    PYTHONPATH=. python experiments/benchmark.py --res 64 56 48 40 32 --batch 32 --trace=/tmp/t
 
 The step is the product's own (`steps.make_train_step`: on-device views of every resolution, forward
 and backward through the shared weights, RS-Nets loss, SGD), fed the same uint8 batch at every step.
@@ -16,9 +17,17 @@ own BatchNorm, on float inputs on device.
 `--no-refit` times a quantized network's step without the quantizers' least-squares refits (the
 step's quantizer update is replaced by the identity here, so XLA drops the refit computations):
 the difference to the same run without the flag is what the refit costs.
+`--trace` also records 3 more steps with jax.profiler and prints, to stderr, where their time
+goes by kind of XLA operation (on CPU each operation is one traced event).
 """
 import argparse
+import collections
+import glob
+import gzip
 import json
+import os
+import re
+import sys
 import time
 
 import jax
@@ -43,6 +52,8 @@ def parse_args(argv=None):
   ap.add_argument('--weight-bits', type=int, default=32)
   ap.add_argument('--activation-bits', type=int, default=32)
   ap.add_argument('--no-refit', action='store_true', help='quantized networks: skip the refits')
+  ap.add_argument('--trace', metavar='DIR', help='also trace 3 steps with jax.profiler into DIR '
+                  'and print where their time goes (CPU: per kind of XLA operation)')
   return ap.parse_args(argv)
 
 
@@ -62,6 +73,35 @@ def peak_memory_gib(devices) -> float:
     return 0.0
   peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use', 0) for d in devices]
   return max(peaks) / 2**30
+
+
+def step_breakdown(trace_dir: str, hlo_text: str, steps_traced: int, top: int = 15):
+  """Lines of the traced steps' operation time (summed over both CPU threads, so more than the
+  wall time when operations overlap) by kind: the XLA operation's name without its number, the
+  JAX primitive it came from, and whether that was in the forward or the backward pass."""
+  kinds = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r'\s*(?:ROOT )?%?([\w.-]+) = ', line)
+    if match:
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      op_name = op_name.group(1) if op_name else ''
+      direction = 'backward' if 'transpose(' in op_name else 'forward'
+      source = re.sub(r'\[.*?\]', '', op_name).split('/')[-1]
+      operation = re.sub(r'[.]\d+$', '', match.group(1))
+      kinds[match.group(1)] = f'{operation} {source} ({direction})'
+  trace = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
+  with gzip.open(max(trace, key=os.path.getmtime)) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  totals = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and e.get('name') in kinds:
+      totals[kinds[e['name']]] += e['dur'] / 1e3 / steps_traced
+  everything = sum(totals.values())
+  lines = [f'operation time per step, {everything:.1f} ms in all:']
+  lines += [f'{ms:9.1f} ms {100 * ms / everything:5.1f}%  {kind}'
+            for kind, ms in totals.most_common(top)]
+  return lines
 
 
 def time_calls(fn, iters: int) -> float:
@@ -122,6 +162,12 @@ def main(argv=None):
   step_s = (time.perf_counter() - t0) / args.iters
   peak = peak_memory_gib(devices)
   loss = float(metrics['loss'])
+  if args.trace:
+    with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+      for _ in range(3):
+        state, traced = compiled(state, batch, step_key)
+      jax.block_until_ready((state, traced))
+    print('\n'.join(step_breakdown(args.trace, compiled.as_text(), 3)), file=sys.stderr)
 
   # -- evaluation: one resolution at a time, its own BatchNorm ---------------------------------
   forward = jax.jit(net.apply)

@@ -1,12 +1,15 @@
 """XLA's native convolution against the matmul lowering of rsnets_jax/conv.py, on this CPU.
 
     PYTHONPATH=. python experiments/cpu_conv.py layers --res 224 160 96 64 32 --batch 16 32
+    PYTHONPATH=. python experiments/cpu_conv.py pool --res 224 96 64 32 --batch 1 32
     PYTHONPATH=. python experiments/cpu_conv.py network --res 224 160 96 64 48 32 --batch 16
 
 `layers` times every distinct convolution of a full-width ResNet-18, and the depthwise convolutions
 of MobileNetV2, at each input resolution: forward, and forward+backward (gradients of the input and
 of the kernel), each layer jitted on its own. It is the evidence for `conv.use_matmul`. The
 network sums weight each layer by how often the network has it.
+`pool` times the ResNet stem's max pool, forward+backward with XLA's gradient against pooling.py's
+gradient from strided views (the evidence for `pooling.max_pool`'s 'auto').
 `network` times inference (jit of `net.apply`, one resolution's BatchNorm) of the full-width
 RS-ResNet-18 of whichever `rsnets_jax` is on the path, so that two checkouts can be compared.
 
@@ -24,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsnets_jax import conv
+from rsnets_jax import conv, pooling
 
 Layer = collections.namedtuple('Layer', 'count size cin cout k stride groups')
 
@@ -161,6 +164,33 @@ def layers_table(args):
         print(f'| {arch} | {batch} | {res} | {cells} |')
 
 
+def pool_table(args):
+  """The ResNet stem's 3x3 stride-2 max pool (64 channels, after a ReLU), forward+backward with
+  XLA's gradient (select-and-scatter) against pooling.py's gradient from strided views, and the
+  forward alone, which is XLA's reduction either way."""
+  print('| batch | res | map | fwd | native f+b | views f+b | native/views f+b | others |')
+  print('|' + '---|' * 8)
+  rng = np.random.default_rng(0)
+  for batch in args.batch:
+    for res in args.res:
+      size = conv.output_size(res, 7, 2)
+      x = jnp.asarray(np.maximum(rng.standard_normal((batch, size, size, 64)), 0), jnp.float32)
+      out = conv.output_size(size, 3, 2)
+      cotangent = jnp.asarray(rng.standard_normal((batch, out, out, 64)), jnp.float32)
+      ms = {}
+      with OtherLoad() as load:
+        ms['fwd'] = 1e3 * timed(jax.jit(lambda x: pooling.max_pool(x, 3, 2)), (x,), args.repeats)
+        for impl in ('native', 'views'):
+          def forward_backward(x, cotangent, impl=impl):
+            out, vjp = jax.vjp(lambda x: pooling.max_pool(x, 3, 2, impl=impl), x)
+            return out, vjp(cotangent)
+
+          ms[impl] = 1e3 * timed(jax.jit(forward_backward), (x, cotangent), args.repeats)
+      print(f'| {batch} | {res} | {size} | {ms["fwd"]:.2f} | {ms["native"]:.2f} | '
+            f'{ms["views"]:.2f} | {ms["native"] / ms["views"]:.1f} | {load.cores:.1f} |',
+            flush=True)
+
+
 def network_table(args):
   import rsnets_jax  # pylint: disable=import-outside-toplevel
   net = rsnets_jax.create_model('resnet18', resolutions=(224, 192, 160, 128, 96, 64, 48, 32),
@@ -181,7 +211,7 @@ def network_table(args):
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('mode', choices=['layers', 'network'])
+  ap.add_argument('mode', choices=['layers', 'pool', 'network'])
   ap.add_argument('--res', type=int, nargs='+', default=[224, 160, 96, 64, 32])
   ap.add_argument('--batch', type=int, nargs='+', default=[16, 32])
   ap.add_argument('--arch', nargs='+', default=list(ARCHS), choices=list(ARCHS))
@@ -194,6 +224,8 @@ def main():
         f'{jax.default_backend()}  XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   if args.mode == 'layers':
     layers_table(args)
+  elif args.mode == 'pool':
+    pool_table(args)
   else:
     network_table(args)
 

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import checkpoint, convert, export, preprocess, profile
+from rsnets_jax import checkpoint, convert, export, fold, preprocess, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANCHOR = os.path.join(ROOT, '..', 'shared', 'bench', 'torch_rs_resnet18.py')
@@ -97,6 +97,68 @@ def time_net_apply(workdir: str, manifest, args):
     figures[res] = profile.measure(lambda x, s=stats[res]: np.asarray(apply(params, s, x)), res,
                                    args.batch, args.iters)
   return figures
+
+
+def _read_once(kernels, iters: int) -> float:
+  """Median seconds of one pass over `kernels` (2-D arrays), each multiplying a row vector: every
+  weight is read once and almost nothing is computed; the kernels are arguments, not constants
+  that XLA could fold."""
+  rows = jax.device_put([np.ones((1, k.shape[0]), np.float32) for k in kernels])
+  kernels = jax.device_put(kernels)
+  read = jax.jit(lambda rows, kernels: [r @ k for r, k in zip(rows, kernels)])
+  for _ in range(20):
+    jax.block_until_ready(read(rows, kernels))
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(read(rows, kernels))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def weight_reading_floor(workdir: str, res: int, iters: int = 200):
+  """What reading the folded weights of `res` once costs here, the least a batch-1 call costs,
+  for all of them and for the last stage's alone (ResNet's `layer4_*`, which at batch 1 and a
+  small input computes little per weight): {'all' | 'last_stage': {'bytes', 'p50_ms', 'gb_s'}}."""
+  net, params, stats = rsnets_jax.load(workdir)
+  folded = fold.fold(net, params, stats[res], res)
+  last = max(name.split('_')[0] for name in folded if name.startswith('layer'))
+  groups = {'all': folded, 'last_stage': {k: v for k, v in folded.items() if k.startswith(last)}}
+  floors = {}
+  for group, tree in groups.items():
+    kernels = [np.asarray(k).reshape(-1, k.shape[-1]) for k in jax.tree.leaves(tree)
+               if np.ndim(k) >= 2]
+    size, seconds = sum(k.nbytes for k in kernels), _read_once(kernels, iters)
+    floors[group] = {'bytes': size, 'p50_ms': 1e3 * seconds, 'gb_s': size / seconds / 1e9}
+  return floors
+
+
+def onnxruntime_conv_times(model_path: str, res: int, calls: int = 300):
+  """{output channels: ms per call} of the ONNX model's convolutions at batch 1, from
+  onnxruntime's own profiler (its node times, summed over the convolutions with that many output
+  channels: in a ResNet, one stage each)."""
+  import onnxruntime  # pylint: disable=import-outside-toplevel
+  options = onnxruntime.SessionOptions()
+  options.enable_profiling = True
+  options.profile_file_prefix = os.path.join(os.path.dirname(model_path), 'ort_profile')
+  session = onnxruntime.InferenceSession(model_path, options,
+                                         providers=['CPUExecutionProvider'])
+  feed = {session.get_inputs()[0].name:
+          np.random.default_rng(0).integers(0, 256, (1, res, res, 3), np.uint8)}
+  for _ in range(calls):
+    session.run(None, feed)
+  trace = session.end_profiling()
+  with open(trace) as f:
+    events = json.load(f)
+  os.remove(trace)
+  runs = sum(e.get('cat') == 'Session' and e['name'] == 'model_run' for e in events)
+  times = {}
+  for e in events:
+    if e.get('cat') == 'Node' and e['args'].get('op_name') == 'Conv' and e['name'].endswith(
+        '_kernel_time'):
+      channels = e['args']['output_type_shape'][0]['float'][1]
+      times[channels] = times.get(channels, 0.0) + e['dur'] / 1e3 / runs
+  return dict(sorted(times.items()))
 
 
 def torch_anchor(resolutions, iters: int):
@@ -191,12 +253,32 @@ def main(argv=None):
       torch_ms, anchor = torch_anchor([r['resolution'] for r in manifest['resolutions']],
                                       args.torch_iters)
     lines, verdict = table(manifest, jit_figures, torch_ms)
+    floor, conv_ms = None, None
+    if full_size:
+      smallest = min(r['resolution'] for r in manifest['resolutions'] if r['resolution'] in PAPER)
+      floor = weight_reading_floor(workdir, smallest)
+      cache = manifest['profile']['machine']['last_level_cache']
+      lines += ['', f"Reading the folded weights once, the least a batch-1 call costs (last-level "
+                f"cache {cache}): all {floor['all']['bytes'] / 1e6:.1f} MB "
+                f"{floor['all']['p50_ms']:.2f} ms ({floor['all']['gb_s']:.0f} GB/s); the last "
+                f"stage's {floor['last_stage']['bytes'] / 1e6:.1f} MB "
+                f"{floor['last_stage']['p50_ms']:.2f} ms ({floor['last_stage']['gb_s']:.0f} GB/s)."]
+      if 'onnxruntime' in manifest['profile']['runtimes']:
+        conv_ms = {}
+        for res in (max(PAPER), smallest):
+          row = next(r for r in manifest['resolutions'] if r['resolution'] == res)
+          conv_ms[res] = onnxruntime_conv_times(os.path.join(dst, row['files']['onnx']['file']),
+                                                res)
+          lines += ['', f"onnxruntime's convolutions at {res} px, batch 1, ms per call by output "
+                    f"channels (its profiler): " +
+                    ', '.join(f'{c}: {ms:.2f}' for c, ms in conv_ms[res].items()) + '.']
     title = (f"RS-{manifest['arch']} width {manifest['width']:g}, {manifest['num_classes']} "
              f"classes, from `{workdir}`")
     sections += [f'### {title}', '', *lines, '', *verdict_lines(verdict, full_size), '']
     report['networks'][workdir] = {'manifest': manifest, 'jit_net_apply': jit_figures,
                                    'torch_eager_ms': torch_ms, 'anchor': anchor,
-                                   'verdict': verdict}
+                                   'weight_reading_floor': floor,
+                                   'onnxruntime_conv_ms': conv_ms, 'verdict': verdict}
     report['machine'] = manifest['profile']['machine']
   report['wall_s'] = round(time.time() - start, 1)
   report['load_average_1min_end'] = os.getloadavg()[0]

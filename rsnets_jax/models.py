@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rsnets_jax import quantizers
+from rsnets_jax import pooling, quantizers
 from rsnets_jax.conv import Conv
 
 ModuleDef = Any
@@ -195,7 +195,7 @@ class ResNet(RSNetModule):
     x = x.astype(self.dtype)
     x = conv(self.width, 7, 2, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, 3, 2)
     for i, blocks in enumerate(self.stage_sizes):
       for b in range(blocks):
         strides = 2 if i > 0 and b == 0 else 1
@@ -327,7 +327,7 @@ class LQResNet(RSNetModule):
     x = x.astype(self.dtype)
     x = conv(self.width, 7, 2, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    x = pooling.max_pool(x, 3, 2, padding='same')
     for i, blocks in enumerate(self.stage_sizes):
       for b in range(blocks):
         strides = 2 if i > 0 and b == 0 else 1

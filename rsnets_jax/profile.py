@@ -46,6 +46,21 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def last_level_cache() -> Optional[str]:
+  """The size of the CPU's largest cache (e.g. '32768K'), or None where Linux does not say: a
+  batch-1 call reads every weight, from memory when they do not fit there."""
+  caches = {}
+  base = '/sys/devices/system/cpu/cpu0/cache'
+  try:
+    for index in (name for name in os.listdir(base) if name.startswith('index')):
+      with open(os.path.join(base, index, 'level')) as f, \
+          open(os.path.join(base, index, 'size')) as g:
+        caches[int(f.read())] = g.read().strip()
+  except (OSError, ValueError):
+    return None
+  return caches[max(caches)] if caches else None
+
+
 def machine() -> Dict[str, Any]:
   """What the figures were measured on, and how busy the machine was when profiling began."""
   versions = {'jax': jax.__version__}
@@ -53,7 +68,8 @@ def machine() -> Dict[str, Any]:
     import onnxruntime  # pylint: disable=import-outside-toplevel
     versions['onnxruntime'] = onnxruntime.__version__
   cores = os.cpu_count()
-  return {'cpu': cpu_name(), 'cores': cores, 'jax_backend': jax.default_backend(),
+  return {'cpu': cpu_name(), 'cores': cores, 'last_level_cache': last_level_cache(),
+          'jax_backend': jax.default_backend(),
           'jax_device': jax.devices()[0].device_kind, 'versions': versions,
           'load_average_1min': round(os.getloadavg()[0], 2),
           'description': f'{cpu_name()}, {cores} cores, jax {jax.__version__} on '

@@ -248,6 +248,8 @@ def test_profile_measures_every_resolution_and_writes_the_table(network, exporte
                                                     f'| {added} (not trained)']
   assert all(line.count('|') == 4 + 2 * len(runtimes) for line in body)
   assert manifest['profile']['machine']['cpu'] in table
+  cache = manifest['profile']['machine']['last_level_cache']
+  assert cache is None or cache[:-1].isdigit()  # as Linux writes it: '32768K'
   assert (dst / profile.FIGURE).stat().st_size > 0
   # A budget that everything fits: the most accurate.
   assert deploy.choose_resolution(manifest, latency_ms=1e9) == big
