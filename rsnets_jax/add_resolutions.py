@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional, Sequence
 from absl import app, flags
 from etils import epath
 
-from rsnets_jax import checkpoint, cli, data, defaults, evaluate, loop, recalibrate, steps
+from rsnets_jax import (checkpoint, cli, data, defaults, evaluate, loop, paths, recalibrate,
+                        steps)
 from rsnets_jax.errors import ConfigError
 from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 
@@ -42,15 +43,10 @@ flags.mark_flags_as_required(['resolutions'])
 log = logging.getLogger('rsnets_jax')
 
 
-def _normalized(path) -> str:
-  path = os.fspath(path)
-  return path.rstrip('/') if '://' in path else os.path.abspath(path)
-
-
 def check_destination(dst, workdir):
   """Refuses a `dst` whose replacement would touch the checkpoint being read or anything this
   command did not write (save_model replaces the whole directory)."""
-  d, w = _normalized(dst), _normalized(workdir)
+  d, w = paths.absolute(dst), paths.absolute(workdir)
   if w == d or w.startswith(d + '/'):
     raise ConfigError(f'--dst {dst} holds the checkpoint being read; choose another directory')
   checkpoints = os.path.join(w, checkpoint.CHECKPOINT_SUBDIR)

@@ -30,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rsnets_jax import paths
 from rsnets_jax.errors import CheckpointError
 from rsnets_jax.network import RSNet
 
@@ -87,8 +88,7 @@ def _stats_from_disk(stats: Dict[str, Any]) -> Dict[int, Any]:
 
 def _path(path) -> epath.Path:
   """`path` as an epath; a local one made absolute, which Orbax requires."""
-  path = os.fspath(path)
-  return epath.Path(path if '://' in path else os.path.abspath(path))
+  return epath.Path(paths.absolute(path))
 
 
 def _abstract(tree, sharding=None):
@@ -232,15 +232,11 @@ def parse_which(which: Union[str, int]) -> Union[str, int]:
   raise CheckpointError(f"a checkpoint is 'latest', 'best' or a step number, not {which!r}")
 
 
-def _is_remote(path) -> bool:
-  return '://' in os.fspath(path)
-
-
 def _complete(step_directory: epath.Path) -> bool:
   """Whether a step's checkpoint is complete. Orbax writes a step into a temporary folder and
   renames it when complete; on a bucket, where it cannot rename (and where a folder exists as
   soon as a file is in it), it marks a complete step with commit_success.txt instead."""
-  if _is_remote(step_directory):
+  if paths.is_remote(step_directory):
     return (step_directory / 'commit_success.txt').exists()
   return step_directory.exists()
 
@@ -443,7 +439,7 @@ class TrainCheckpoints:
       target = aside / f'{step}.{n}'
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
-      if _is_remote(aside) and not aside.exists():  # a bucket's folder exists once a file is in it
+      if paths.is_remote(aside) and not aside.exists():  # a bucket's folder exists once a file is in it
         (aside / 'README.txt').write_text('Checkpoints that did not restore, moved here by '
                                           'rsnets_jax when the run resumed.\n')
       (self.directory / str(step)).rename(target)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from rsnets_jax import preprocess, synthetic
+from rsnets_jax import paths, preprocess, synthetic
 from rsnets_jax.errors import ConfigError, DataError
 
 CROP_FRACTION = 0.875  # eval: shorter side to int(res / 0.875), then the centre res x res
@@ -252,7 +252,7 @@ class TfdsSource:
   def __init__(self, name: str, data_dir: str, split: str):
     import tensorflow_datasets as tfds  # slow to import; only this source needs it
     prepare = TFDS_PREPARE.format(name=name, data_dir=data_dir)
-    if '://' in data_dir:
+    if paths.is_remote(data_dir):
       prepare += (f', or prepare it on a local disk and copy its folder there (gcloud storage cp '
                   f'-r ~/tensorflow_datasets/{name} {data_dir}/)')
     try:
@@ -287,7 +287,7 @@ def _synthetic_source(data, split: str):
 
 def _folder_source(data, split: str):
   root = _require_data_dir(data)
-  if '://' in root:
+  if paths.is_remote(root):
     raise DataError(f'config.data.dataset=folder reads a folder of this machine, not {root}: '
                     f'prepare the data set with tensorflow-datasets (dataset=tfds), or mount the '
                     f'bucket with Cloud Storage FUSE and pass the mount point')

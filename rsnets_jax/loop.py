@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from rsnets_jax import checkpoint, data, defaults, evaluate, steps
+from rsnets_jax import checkpoint, data, defaults, evaluate, paths, steps
 from rsnets_jax.errors import ConfigError, DataError, TrainingError
 from rsnets_jax.network import RSNet
 
@@ -324,8 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            _describe(net), _describe_data(config) if owns_input else 'the given input',
            num_train if owns_input else steps_per_epoch * batch_size, steps_per_epoch, num_val)
   log.info('%d steps (%.2f epochs) of batch %d on %s; work directory %s', total_steps,
-           total_steps / steps_per_epoch, batch_size, _devices(), os.path.abspath(workdir)
-           if '://' not in os.fspath(workdir) else workdir)
+           total_steps / steps_per_epoch, batch_size, _devices(), paths.absolute(workdir))
 
   with contextlib.ExitStack() as cleanup:
     # -- input --
