@@ -12,6 +12,10 @@ plus `--extra` resolutions given their nearest BatchNorm with `reuse_batchnorm`)
 the same `profile.measure` times `jax.jit(net.apply)` (uint8 in, the same scaling), and the anchor
 (`../shared/bench/torch_rs_resnet18.py --batch 1`, its eval mode: one resolution's branch under
 torch.no_grad) gives PyTorch's eager batch-1 time per image (a mean, over `--torch-iters` calls).
+For the full-size network it also measures what reading the folded weights once costs (all of
+them, and the last stage's), profiles onnxruntime's convolutions per stage at 224 px and at the
+smallest paper resolution, and probes the latency of int8 versions of the ONNX models
+(onnxruntime's static quantization, randomly calibrated: speed only; <out>/int8_probe).
 Writes <out>/report.md and report.json; the exports and their latency.md stay in <out>.
 
 Targets (issue 10): latency falls with resolution in proportion to MACs within 30% (p50 relative
@@ -161,6 +165,89 @@ def onnxruntime_conv_times(model_path: str, res: int, calls: int = 300):
   return dict(sorted(times.items()))
 
 
+def int8_probe(dst: str, manifest, args):
+  """Batch-1 latency of int8 versions of the exported ONNX models, as a probe of what weights that
+  fit in the cache would give; not a deployment format of the project: {res: profile.measure}.
+
+  onnxruntime's static quantization (QDQ; int8 weights per output channel, uint8 activations)
+  calibrated on 8 random uint8 images: the right scales need real images, so these models' logits
+  mean nothing, but their speed does not depend on the scales."""
+  # pylint: disable-next=import-outside-toplevel
+  import onnxruntime
+  from onnxruntime import quantization  # pylint: disable=import-outside-toplevel
+
+  class RandomImages(quantization.CalibrationDataReader):
+    def __init__(self, name, res):
+      rng = np.random.default_rng(0)
+      self.feeds = iter([{name: rng.integers(0, 256, (1, res, res, 3), np.uint8)}
+                         for _ in range(8)])
+
+    def get_next(self):
+      return next(self.feeds, None)
+
+  figures = {}
+  for row in manifest['resolutions']:
+    res = row['resolution']
+    if res not in PAPER:
+      continue
+    src = os.path.join(dst, row['files']['onnx']['file'])
+    folder = os.path.join(args.out, 'int8_probe')
+    os.makedirs(folder, exist_ok=True)
+    prepared, quantized = (os.path.join(folder, f'{res}px.{kind}.onnx')
+                           for kind in ('prepared', 'int8'))
+    quantization.shape_inference.quant_pre_process(src, prepared, skip_symbolic_shape=True)
+    name = onnxruntime.InferenceSession(src, providers=['CPUExecutionProvider']).get_inputs()[0].name
+    # The weight-scale adjustment for int32 biases fails on per-channel scales in onnxruntime
+    # 1.32 ("truth value of an array ... is ambiguous"); the probe does not need it.
+    quantization.quantize_static(
+        prepared, quantized, RandomImages(name, res), quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True, weight_type=quantization.QuantType.QInt8,
+        activation_type=quantization.QuantType.QUInt8,
+        extra_options={'QDQDisableWeightAdjustForInt32Bias': True})
+    session = onnxruntime.InferenceSession(quantized, providers=['CPUExecutionProvider'])
+    figures[res] = profile.measure(lambda x, s=session: s.run(None, {name: x})[0], res,
+                                   args.batch, args.iters)
+    figures[res]['bytes'] = os.path.getsize(quantized)
+    os.remove(prepared)
+  return figures
+
+
+def why_batch_one_costs(workdir: str, dst: str, manifest, args):
+  """Report lines and figures on what a batch-1 call of the full-size network costs beyond its
+  MACs: the weight-reading floor, onnxruntime's convolutions per stage at the largest and the
+  smallest paper resolution, and the int8 probe."""
+  smallest = min(r['resolution'] for r in manifest['resolutions'] if r['resolution'] in PAPER)
+  floor = weight_reading_floor(workdir, smallest)
+  cache = manifest['profile']['machine']['last_level_cache']
+  lines = ['', f"Reading the folded weights once, the least a batch-1 call costs (last-level "
+           f"cache {cache}): all {floor['all']['bytes'] / 1e6:.1f} MB "
+           f"{floor['all']['p50_ms']:.2f} ms ({floor['all']['gb_s']:.0f} GB/s); the last "
+           f"stage's {floor['last_stage']['bytes'] / 1e6:.1f} MB "
+           f"{floor['last_stage']['p50_ms']:.2f} ms ({floor['last_stage']['gb_s']:.0f} GB/s)."]
+  figures = {'weight_reading_floor': floor}
+  if 'onnxruntime' not in manifest['profile']['runtimes']:
+    return lines, figures
+  rows = {r['resolution']: r for r in manifest['resolutions']}
+  conv_ms = {}
+  for res in (max(PAPER), smallest):
+    conv_ms[res] = onnxruntime_conv_times(os.path.join(dst, rows[res]['files']['onnx']['file']),
+                                          res)
+    lines += ['', f"onnxruntime's convolutions at {res} px, batch 1, ms per call by output "
+              f"channels (its profiler): " +
+              ', '.join(f'{c}: {ms:.2f}' for c, ms in conv_ms[res].items()) + '.']
+  int8 = int8_probe(dst, manifest, args)
+  biggest = max(int8)
+  ratios = {res: round((f['p50_ms'] / int8[biggest]['p50_ms']) /
+                       (rows[res]['macs'] / rows[biggest]['macs']), 3) for res, f in int8.items()}
+  lines += ['', f"Probe, not a target: the same ONNX models quantized to int8 by onnxruntime "
+            f"({int8[biggest]['bytes'] / 1e6:.1f} MB each; random calibration images, so only the "
+            f"speed means something), batch-1 p50 in ms: " +
+            ', '.join(f"{res} px {f['p50_ms']:.2f}" for res, f in int8.items()) +
+            f"; latency ratio / MACs ratio {ratios}."]
+  figures.update(onnxruntime_conv_ms=conv_ms, int8_probe=int8)
+  return lines, figures
+
+
 def torch_anchor(resolutions, iters: int):
   """{res: ms per image} of the anchor's eager eval at batch 1 (a mean over `iters` calls)."""
   cmd = [sys.executable, ANCHOR, '--variant', 'fp32', '--batch', '1', '--iters', str(iters),
@@ -253,32 +340,16 @@ def main(argv=None):
       torch_ms, anchor = torch_anchor([r['resolution'] for r in manifest['resolutions']],
                                       args.torch_iters)
     lines, verdict = table(manifest, jit_figures, torch_ms)
-    floor, conv_ms = None, None
+    diagnostics = {}
     if full_size:
-      smallest = min(r['resolution'] for r in manifest['resolutions'] if r['resolution'] in PAPER)
-      floor = weight_reading_floor(workdir, smallest)
-      cache = manifest['profile']['machine']['last_level_cache']
-      lines += ['', f"Reading the folded weights once, the least a batch-1 call costs (last-level "
-                f"cache {cache}): all {floor['all']['bytes'] / 1e6:.1f} MB "
-                f"{floor['all']['p50_ms']:.2f} ms ({floor['all']['gb_s']:.0f} GB/s); the last "
-                f"stage's {floor['last_stage']['bytes'] / 1e6:.1f} MB "
-                f"{floor['last_stage']['p50_ms']:.2f} ms ({floor['last_stage']['gb_s']:.0f} GB/s)."]
-      if 'onnxruntime' in manifest['profile']['runtimes']:
-        conv_ms = {}
-        for res in (max(PAPER), smallest):
-          row = next(r for r in manifest['resolutions'] if r['resolution'] == res)
-          conv_ms[res] = onnxruntime_conv_times(os.path.join(dst, row['files']['onnx']['file']),
-                                                res)
-          lines += ['', f"onnxruntime's convolutions at {res} px, batch 1, ms per call by output "
-                    f"channels (its profiler): " +
-                    ', '.join(f'{c}: {ms:.2f}' for c, ms in conv_ms[res].items()) + '.']
+      extra_lines, diagnostics = why_batch_one_costs(workdir, dst, manifest, args)
+      lines += extra_lines
     title = (f"RS-{manifest['arch']} width {manifest['width']:g}, {manifest['num_classes']} "
              f"classes, from `{workdir}`")
     sections += [f'### {title}', '', *lines, '', *verdict_lines(verdict, full_size), '']
     report['networks'][workdir] = {'manifest': manifest, 'jit_net_apply': jit_figures,
                                    'torch_eager_ms': torch_ms, 'anchor': anchor,
-                                   'weight_reading_floor': floor,
-                                   'onnxruntime_conv_ms': conv_ms, 'verdict': verdict}
+                                   **diagnostics, 'verdict': verdict}
     report['machine'] = manifest['profile']['machine']
   report['wall_s'] = round(time.time() - start, 1)
   report['load_average_1min_end'] = os.getloadavg()[0]
