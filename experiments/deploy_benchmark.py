@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import checkpoint, convert, export, fold, preprocess, profile
+from rsnets_jax import checkpoint, convert, deploy, export, fold, preprocess, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANCHOR = os.path.join(ROOT, '..', 'shared', 'bench', 'torch_rs_resnet18.py')
@@ -145,8 +145,7 @@ def onnxruntime_conv_times(model_path: str, res: int, calls: int = 300):
   options = onnxruntime.SessionOptions()
   options.enable_profiling = True
   options.profile_file_prefix = os.path.join(os.path.dirname(model_path), 'ort_profile')
-  session = onnxruntime.InferenceSession(model_path, options,
-                                         providers=['CPUExecutionProvider'])
+  session = deploy.onnx_session(model_path, options)
   feed = {session.get_inputs()[0].name:
           np.random.default_rng(0).integers(0, 256, (1, res, res, 3), np.uint8)}
   for _ in range(calls):
@@ -172,8 +171,6 @@ def int8_probe(dst: str, manifest, args):
   onnxruntime's static quantization (QDQ; int8 weights per output channel, uint8 activations)
   calibrated on 8 random uint8 images: the right scales need real images, so these models' logits
   mean nothing, but their speed does not depend on the scales."""
-  # pylint: disable-next=import-outside-toplevel
-  import onnxruntime
   from onnxruntime import quantization  # pylint: disable=import-outside-toplevel
 
   class RandomImages(quantization.CalibrationDataReader):
@@ -196,7 +193,7 @@ def int8_probe(dst: str, manifest, args):
     prepared, quantized = (os.path.join(folder, f'{res}px.{kind}.onnx')
                            for kind in ('prepared', 'int8'))
     quantization.shape_inference.quant_pre_process(src, prepared, skip_symbolic_shape=True)
-    name = onnxruntime.InferenceSession(src, providers=['CPUExecutionProvider']).get_inputs()[0].name
+    name = deploy.onnx_session(src).get_inputs()[0].name
     # The weight-scale adjustment for int32 biases fails on per-channel scales in onnxruntime
     # 1.32 ("truth value of an array ... is ambiguous"); the probe does not need it.
     quantization.quantize_static(
@@ -204,7 +201,7 @@ def int8_probe(dst: str, manifest, args):
         per_channel=True, weight_type=quantization.QuantType.QInt8,
         activation_type=quantization.QuantType.QUInt8,
         extra_options={'QDQDisableWeightAdjustForInt32Bias': True})
-    session = onnxruntime.InferenceSession(quantized, providers=['CPUExecutionProvider'])
+    session = deploy.onnx_session(quantized)
     figures[res] = profile.measure(lambda x, s=session: s.run(None, {name: x})[0], res,
                                    args.batch, args.iters)
     figures[res]['bytes'] = os.path.getsize(quantized)

@@ -62,6 +62,15 @@ def use_matmul(backend: str, x_shape: Sequence[int], kernel_shape: Sequence[int]
   return cin >= 128
 
 
+def strided_view(padded, row: int, col: int, stride: int, out_h: int, out_w: int):
+  """The (N, out_h, out_w, C) view of NHWC `padded` that a window offset (row, col) sees at every
+  output position: view[:, y, x] = padded[:, row + stride * y, col + stride * x]."""
+  n, _, _, channels = padded.shape
+  return lax.slice(padded, (0, row, col, 0),
+                   (n, row + stride * (out_h - 1) + 1, col + stride * (out_w - 1) + 1, channels),
+                   (1, stride, stride, 1))
+
+
 def _sees_data(offset: int, stride: int, out: int, before: int, size: int) -> bool:
   return any(before <= offset + stride * o < before + size for o in range(out))
 
@@ -79,9 +88,7 @@ def _matmul_conv(x, kernel, stride: int, groups: int, padding: str):
   taps = len(rows) * len(cols)
   # float32 throughout: XLA CPU has no fast bfloat16 kernels for the backward matmuls.
   xp = jnp.pad(x.astype(jnp.float32), ((0, 0), pad_h, pad_w, (0, 0)))
-  views = [lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
-                                        cin), (1, stride, stride, 1))
-           for i in rows for j in cols]
+  views = [strided_view(xp, i, j, stride, ho, wo) for i in rows for j in cols]
   kernel = kernel.astype(jnp.float32)
   if taps < k * k:
     kernel = jnp.stack([kernel[i, j] for i in rows for j in cols])

@@ -122,6 +122,20 @@ def model_file(model_dir, r: Dict[str, Any], runtime: str) -> str:
   return path
 
 
+def onnx_session(path, options=None):
+  """An onnxruntime session of the ONNX model at `path` as the product runs it: on CPU, with every
+  graph optimisation (on top of `options`, e.g. profiling, when given)."""
+  try:
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError("onnxruntime is not installed: pip install -e '.[deploy]', or use the "
+                      "jax runtime") from None
+  options = options or onnxruntime.SessionOptions()
+  options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+  return onnxruntime.InferenceSession(os.fspath(path), options,
+                                      providers=['CPUExecutionProvider'])
+
+
 def load_runtime(model_dir, manifest: Dict[str, Any], res: int,
                  runtime: str = 'jax') -> Callable[[np.ndarray], np.ndarray]:
   """Resolution `res`'s function from uint8 images (N, res, res, 3) to float32 logits
@@ -137,13 +151,6 @@ def load_runtime(model_dir, manifest: Dict[str, Any], res: int,
       exported = jax.export.deserialize(bytearray(f.read()))
     call = jax.jit(exported.call)
     return lambda images: np.asarray(call(images))
-  try:
-    import onnxruntime  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ConfigError("onnxruntime is not installed: pip install -e '.[deploy]', or use the "
-                      "jax runtime") from None
-  options = onnxruntime.SessionOptions()
-  options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-  session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+  session = onnx_session(path)
   name = session.get_inputs()[0].name
   return lambda images: session.run(None, {name: np.asarray(images, np.uint8)})[0]

@@ -2,9 +2,9 @@
 
 XLA's CPU backend differentiates `reduce_window` max as select-and-scatter, which it expands into a
 variadic reduce-window over materialised index arrays and a scatter: forward+backward of a ResNet's
-3x3 stride-2 pool on a 32x32x64 map at batch 32 takes 39 ms, against 4.5 ms with the gradient
-computed from strided views of the input, about a sixth of the whole five-resolution train step at
-64..32 px (`experiments/cpu_conv.py pool` measures both). Only differentiation changes: a pool that
+3x3 stride-2 pool on a 32x32x64 map at batch 32 takes 37 ms, against 4.5 ms with the gradient
+computed from strided views of the input (`experiments/cpu_conv.py pool` measures both); XLA's
+gradient was about a fifth of the five-resolution train step's operation time at 64..32 px. Only differentiation changes: a pool that
 is not differentiated (inference, export, ONNX) is XLA's reduction on every backend, and GPU and
 TPU keep XLA's gradient too.
 """
@@ -20,23 +20,25 @@ from rsnets_jax import conv
 IMPLS = ('auto', 'native', 'views')
 
 
+def _pads(x, window: int, stride: int, padding: str) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+  return (conv.pads(x.shape[1], window, stride, padding),
+          conv.pads(x.shape[2], window, stride, padding))
+
+
 def _native(x, window: int, stride: int, pads: Tuple[Tuple[int, int], Tuple[int, int]]):
   return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
 
 
 def _views(padded, window: int, stride: int, out_h: int, out_w: int):
-  """The window*window strided views of `padded`, row-major: view (i, j)[:, y, x] is
-  padded[:, i + stride * y, j + stride * x]."""
-  n, _, _, channels = padded.shape
-  return [lax.slice(padded, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1,
-                                          j + stride * (out_w - 1) + 1, channels),
-                    (1, stride, stride, 1)) for i in range(window) for j in range(window)]
+  """The window*window strided views of `padded`, one per window offset, row-major."""
+  return [conv.strided_view(padded, i, j, stride, out_h, out_w)
+          for i in range(window) for j in range(window)]
 
 
-def _max_pool_views(x, window: int, stride: int, pads):
-  (top, bottom), (left, right) = pads
-  out_h = (x.shape[1] + top + bottom - window) // stride + 1
-  out_w = (x.shape[2] + left + right - window) // stride + 1
+def _max_pool_views(x, window: int, stride: int, padding: str):
+  (top, bottom), (left, right) = pads = _pads(x, window, stride, padding)
+  out_h = conv.output_size(x.shape[1], window, stride, padding)
+  out_w = conv.output_size(x.shape[2], window, stride, padding)
 
   @jax.custom_vjp
   def pool(x):
@@ -83,10 +85,8 @@ def max_pool(x, window: int, stride: int, padding: str = 'symmetric', impl: str 
   additions); 'auto' takes 'views' on CPU only."""
   if impl not in IMPLS:
     raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
-  pads = (conv.pads(x.shape[1], window, stride, padding),
-          conv.pads(x.shape[2], window, stride, padding))
   if impl == 'auto':
     impl = 'views' if jax.default_backend() == 'cpu' else 'native'
   if impl == 'views':
-    return _max_pool_views(x, window, stride, pads)
-  return _native(x, window, stride, pads)
+    return _max_pool_views(x, window, stride, padding)
+  return _native(x, window, stride, _pads(x, window, stride, padding))
