@@ -2,10 +2,11 @@
 fits a budget.
 
 `python -m rsnets_jax.export` writes a model directory: one JAX artifact and one ONNX model per
-resolution and `manifest.json`, whose `resolutions` rows hold each resolution's MACs, accuracy,
-files and, once `python -m rsnets_jax.profile` has run, its measured latency per runtime.
-`choose_resolution` reads those rows; `load_runtime` gives one resolution's function from uint8
-images to logits, in JAX (no other dependency) or in onnxruntime (`pip install .[deploy]`).
+resolution (and, when asked, an int8 ONNX model) and `manifest.json`, whose `resolutions` rows hold
+each resolution's MACs, accuracy, files and, once `python -m rsnets_jax.profile` has run, its
+measured latency per runtime. `choose_resolution` reads those rows; `load_runtime` gives one
+resolution's function from uint8 images to logits, in JAX (no other dependency) or in onnxruntime
+(`pip install .[deploy]`), float32 or int8.
 """
 import hashlib
 import json
@@ -17,8 +18,9 @@ import numpy as np
 from rsnets_jax.errors import CheckpointError, ConfigError
 
 MANIFEST = 'manifest.json'
-RUNTIMES = ('jax', 'onnxruntime')
-FILE_KIND = {'jax': 'jax', 'onnxruntime': 'onnx'}  # which of a row's files a runtime runs
+RUNTIMES = ('jax', 'onnxruntime', 'onnxruntime_int8')
+# which of a row's files a runtime runs
+FILE_KIND = {'jax': 'jax', 'onnxruntime': 'onnx', 'onnxruntime_int8': 'onnx_int8'}
 # A budget is a limit on every request, so the slow tail of the measured latencies decides.
 BUDGET_PERCENTILE = 'p90_ms'
 
@@ -58,6 +60,14 @@ def row(manifest: Dict[str, Any], res: int) -> Dict[str, Any]:
   raise ConfigError(f'the model has no resolution {res}; it has {have}')
 
 
+def top1(r: Dict[str, Any], runtime: str) -> Optional[float]:
+  """A row's top-1 (%) as `runtime` runs it: the int8 model's own where it was measured, else the
+  network's evaluation (None when there was none, or for an int8 model measured without labels)."""
+  if runtime == 'onnxruntime_int8':
+    return r.get('int8', {}).get('top1')
+  return r.get('top1')
+
+
 def measured_latency(r: Dict[str, Any], runtime: str) -> Optional[float]:
   """A row's measured batch-1 latency on `runtime` for budgets, or None when not profiled."""
   measured = r.get('latency', {}).get(runtime)
@@ -71,7 +81,7 @@ def choose_resolution(manifest: Dict[str, Any], latency_ms: Optional[float] = No
   """The most accurate resolution whose measured batch-1 latency on `runtime` (its p90, in ms)
   is at most `latency_ms` and whose MACs are at most `macs`; with no budget, the most accurate.
 
-  Accuracy is the manifest's top-1. When a resolution in the running has none (a network with no
+  Accuracy is the manifest's top-1 of what `runtime` runs (`top1`). When a resolution in the running has none (a network with no
   evaluation), the larger resolution counts as the more accurate, the RS-Net's trade-off. Equal
   top-1: the cheaper one (lower latency, then fewer MACs). A ConfigError when nothing fits or
   the latency was never measured on `runtime`.
@@ -94,8 +104,9 @@ def choose_resolution(manifest: Dict[str, Any], latency_ms: Optional[float] = No
              f'{r["macs"] / 1e6:.1f}M MACs' for r in rows]
     raise ConfigError(f'no resolution fits the budget of {" and ".join(l for l in limits if l)}: '
                       f'{"; ".join(costs)}')
-  if all(r.get('top1') is not None for r in fits):
-    best = max(fits, key=lambda r: (r['top1'], -(measured_latency(r, runtime) or 0.0), -r['macs']))
+  if all(top1(r, runtime) is not None for r in fits):
+    best = max(fits, key=lambda r: (top1(r, runtime), -(measured_latency(r, runtime) or 0.0),
+                                    -r['macs']))
   else:
     best = max(fits, key=lambda r: r['resolution'])
   return int(best['resolution'])
@@ -123,8 +134,9 @@ def model_file(model_dir, r: Dict[str, Any], runtime: str) -> str:
 
 
 def onnx_session(path, options=None):
-  """An onnxruntime session of the ONNX model at `path` as the product runs it: on CPU, with every
-  graph optimisation (on top of `options`, e.g. profiling, when given)."""
+  """An onnxruntime session of the ONNX model at `path` (or of the serialized model) as the
+  product runs it: on CPU, with every graph optimisation (on top of `options`, e.g. profiling,
+  when given)."""
   try:
     import onnxruntime  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -139,7 +151,7 @@ def onnx_session(path, options=None):
 def load_runtime(model_dir, manifest: Dict[str, Any], res: int,
                  runtime: str = 'jax') -> Callable[[np.ndarray], np.ndarray]:
   """Resolution `res`'s function from uint8 images (N, res, res, 3) to float32 logits
-  (N, classes), as numpy arrays, on `runtime` ('jax' or 'onnxruntime')."""
+  (N, classes), as numpy arrays, on `runtime` (one of RUNTIMES)."""
   path = model_file(model_dir, row(manifest, res), runtime)
   if runtime == 'jax':
     import jax  # pylint: disable=import-outside-toplevel
@@ -151,6 +163,11 @@ def load_runtime(model_dir, manifest: Dict[str, Any], res: int,
       exported = jax.export.deserialize(bytearray(f.read()))
     call = jax.jit(exported.call)
     return lambda images: np.asarray(call(images))
+  return onnx_function(path)
+
+
+def onnx_function(path) -> Callable[[np.ndarray], np.ndarray]:
+  """uint8 images -> logits of the exported ONNX model at `path` (or serialized), in onnxruntime."""
   session = onnx_session(path)
   name = session.get_inputs()[0].name
   return lambda images: session.run(None, {name: np.asarray(images, np.uint8)})[0]

@@ -1,7 +1,8 @@
 """Command line: an RS-Net as deployable files, one JAX artifact and one ONNX model per resolution.
 
     python -m rsnets_jax.export --workdir=W --dst=D [--resolutions=224,160] [--which=latest]
-        [--platforms=cpu,cuda] [--formats=jax,onnx] [--class-names=FILE]
+        [--platforms=cpu,cuda] [--formats=jax,onnx,onnx_int8] [--class-names=FILE]
+        [--data-dir=DIR] [--calibration-images=512] [--eval-images=0]
 
 `--workdir` is anything `rsnets_jax.load` reads: a work directory, one checkpoint, a converted
 model or an `add_resolutions` output. For each resolution (default: every trained and added one)
@@ -10,13 +11,19 @@ D receives, with that resolution's BatchNorm folded into the convolutions (rsnet
                        `jax.export.deserialize(open(f, 'rb').read()).call(images)`, no rsnets_jax
                        needed, on the platforms of `--platforms` (default: this machine's)
     <res>px.onnx       the same function for onnxruntime (input 'images', output 'logits')
+    <res>px.int8.onnx  with --formats=...,onnx_int8: that model quantized to int8 (rsnets_jax/int8.py),
+                       calibrated on `--calibration-images` training images of the run's data set
+                       (or of --data-dir) and evaluated against float32 on `--eval-images`
+                       validation images (0: all)
     manifest.json      per resolution: MACs, parameters, top-1/top-5 from the work directory's
                        results.json (added resolutions marked not trained), files and SHA-256
-                       checksums; the preprocessing, the input and output, class names when known
-Both take uint8 RGB images (batch, res, res, 3) in [0, 255], NHWC, any batch size: the eval view
+                       checksums, the int8 models' accuracy; the preprocessing, the input and
+                       output, class names when known
+All take uint8 RGB images (batch, res, res, 3) in [0, 255], NHWC, any batch size: the eval view
 of `rsnets_jax.data.eval_view`, the scaling to [0, 1] and any mean/std of the training config are
 inside; they return float32 logits (batch, classes), those of `net.apply` up to float32
-rounding (tests/test_deploy.py measures how far).
+rounding (tests/test_deploy.py measures how far; the int8 models' up to quantization, measured as
+accuracy in the manifest).
 """
 import argparse
 import importlib.util
@@ -31,13 +38,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rsnets_jax import checkpoint, cli, data, deploy, fold, preprocess, steps
+from rsnets_jax import checkpoint, cli, data, deploy, fold, int8, preprocess, steps
 from rsnets_jax.errors import ConfigError, DataError
 from rsnets_jax.network import RSNet
 
-FORMATS = ('jax', 'onnx')
+FORMATS = ('jax', 'onnx', 'onnx_int8')
+DEFAULT_FORMATS = ('jax', 'onnx')  # int8 needs calibration images
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # what jax.export lowers for
-SUFFIX = {'jax': 'jaxexport', 'onnx': 'onnx'}
+SUFFIX = {'jax': 'jaxexport', 'onnx': 'onnx', 'onnx_int8': 'int8.onnx'}
 FORMAT_VERSION = 1
 IMAGENET_LABELS = os.path.join('datasets', 'imagenet2012', 'labels.txt')  # in tensorflow-datasets
 
@@ -183,16 +191,18 @@ def _prepare_destination(dst: str):
 
 def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
                  which: str = 'latest', platforms: Optional[Sequence[str]] = None,
-                 formats: Sequence[str] = FORMATS,
-                 names_file: Optional[str] = None, log=print) -> Dict[str, Any]:
+                 formats: Sequence[str] = DEFAULT_FORMATS,
+                 names_file: Optional[str] = None, data_dir: Optional[str] = None,
+                 calibration_images: int = int8.DEFAULT_CALIBRATION_IMAGES,
+                 eval_images: int = 0, log=print) -> Dict[str, Any]:
   """Exports the network in `workdir` to `dst` (see the module docstring); returns the manifest."""
   formats = tuple(formats)
   if not formats or set(formats) - set(FORMATS):
     raise ConfigError(f'--formats must name some of {FORMATS}, got {formats}')
   if platforms is not None and (not platforms or set(platforms) - set(PLATFORMS)):
     raise ConfigError(f'--platforms must name some of {PLATFORMS}, got {tuple(platforms)}')
-  if 'onnx' in formats and importlib.util.find_spec('onnx') is None:
-    raise ConfigError("the onnx format needs the onnx package: pip install -e '.[deploy]', or "
+  if {'onnx', 'onnx_int8'} & set(formats) and importlib.util.find_spec('onnx') is None:
+    raise ConfigError("the onnx formats need the onnx package: pip install -e '.[deploy]', or "
                       "pass --formats=jax")
   net, params, stats = checkpoint.load(workdir, which)
   meta = checkpoint.read_meta(workdir)
@@ -204,6 +214,8 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
                       f'{list(net.all_resolutions)}); add them first with python -m '
                       f'rsnets_jax.add_resolutions')
   fold.conv_bn_pairs(net)  # a network that cannot be folded stops here, before dst is touched
+  int8_data = (int8.Calibration(meta, net.num_classes, data_dir, calibration_images, eval_images)
+               if 'onnx_int8' in formats else None)
   dst = os.fspath(dst)
   _prepare_destination(dst)
   mean, std = _normalisation(meta)
@@ -212,21 +224,34 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
   rows = []
   for res in resolutions:
     folded = fold.fold(net, params, stats[res], res)
+    blobs, int8_accuracy = {}, None
+    if 'jax' in formats:
+      blobs['jax'] = export_jax(net, folded, res, mean, std, platforms)
+    if 'onnx' in formats or int8_data:
+      blobs['onnx'] = export_onnx(net, folded, res, mean, std, f'RS-{net.arch} at {res}x{res}')
+    if int8_data:
+      blobs['onnx_int8'], int8_accuracy = int8_data.quantize(blobs['onnx'], res)
     files = {}
     for kind in formats:
       name = f'{res}px.{SUFFIX[kind]}'
-      blob = (export_jax(net, folded, res, mean, std, platforms) if kind == 'jax' else
-              export_onnx(net, folded, res, mean, std, f'RS-{net.arch} at {res}x{res}'))
       with open(os.path.join(dst, name), 'wb') as f:
-        f.write(blob)
+        f.write(blobs[kind])
       files[kind] = {'file': name, 'sha256': deploy.sha256(os.path.join(dst, name)),
-                     'bytes': len(blob)}
+                     'bytes': len(blobs[kind])}
     row = accuracy.get(res, {})
     rows.append({'resolution': res, 'trained': res in net.resolutions, 'macs': net.macs(res),
                  'params': parameter_count(folded), 'top1': row.get('top1'),
                  'top5': row.get('top5'), 'files': files})
     log(f'exported {res}px: ' + ', '.join(f'{k} {v["bytes"] / 1e6:.1f} MB'
                                           for k, v in files.items()))
+    if int8_accuracy:
+      rows[-1]['int8'] = int8_accuracy
+      log(f'  int8 at {res}px: ' + (
+          f"top-1 {int8_accuracy['top1']:.2f}% (float32 {int8_accuracy['float32_top1']:.2f}%), "
+          if int8_data.labelled else '') +
+          f"top-1 class that of float32 on {int8_accuracy['top1_agreement']:.2f}% of "
+          f"{int8_accuracy['images']} validation images; logits' relative RMS error "
+          f"{int8_accuracy['logits_relative_rms_error']:.3f}")
 
   manifest = {
       'format': FORMAT_VERSION,
@@ -239,6 +264,8 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
       'class_names': names, 'class_names_source': names_source,
       'resolutions': rows,
   }
+  if int8_data:
+    manifest['int8'] = int8_data.about
   deploy.write_manifest(dst, manifest)
   return manifest
 
@@ -267,14 +294,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--platforms', type=lambda t: [p for p in t.split(',') if p], default=None,
                       help='JAX platforms of the artifacts, e.g. cpu,cuda,tpu (default: this one)')
   parser.add_argument('--formats', type=lambda t: [p for p in t.split(',') if p],
-                      default=list(FORMATS), help='jax, onnx or both (default)')
+                      default=list(DEFAULT_FORMATS),
+                      help=f'some of {",".join(FORMATS)} (default: {",".join(DEFAULT_FORMATS)})')
   parser.add_argument('--class-names', default=None,
                       help='a text file with one class name per line, in label order')
+  parser.add_argument('--data-dir', default=None,
+                      help="onnx_int8: the data set's folder in place of the run's (a converted "
+                           "model: class folders in DIR/train and DIR/val)")
+  parser.add_argument('--calibration-images', type=int, default=int8.DEFAULT_CALIBRATION_IMAGES,
+                      help='onnx_int8: training images that set the activation ranges')
+  parser.add_argument('--eval-images', type=int, default=0,
+                      help='onnx_int8: validation images to measure it on (0: all)')
   args = parser.parse_args(argv)
 
   def body():
     manifest = export_model(args.workdir, args.dst, args.resolutions, args.which, args.platforms,
-                            args.formats, args.class_names)
+                            args.formats, args.class_names, args.data_dir,
+                            args.calibration_images, args.eval_images)
     print(f'wrote {len(manifest["resolutions"])} resolutions of RS-{manifest["arch"]} to '
           f'{os.path.abspath(args.dst)}')
   return cli.run_command(body, prog=parser.prog)

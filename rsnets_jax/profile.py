@@ -1,10 +1,11 @@
 """Command line: what each exported resolution costs on the machine this runs on.
 
     python -m rsnets_jax.profile --model=D [--batch=32] [--iters=50] [--batch-iters=5]
-        [--warmup=10] [--min-seconds=1] [--runtimes=jax,onnxruntime]
+        [--warmup=10] [--min-seconds=1] [--runtimes=jax,onnxruntime,onnxruntime_int8]
 
 For every resolution in D/manifest.json (written by `python -m rsnets_jax.export`) and each
-runtime (the JAX artifact under `jax.jit`; the ONNX model in onnxruntime on CPU, when installed),
+runtime (the JAX artifact under `jax.jit`; the ONNX model, and the int8 one when exported, in
+onnxruntime on CPU, when installed),
 on random uint8 images: `--warmup` calls at batch 1 and one at `--batch` (compilation happens
 there), then `--iters` timed calls at batch 1 (latency p50 and p90, ms) and `--batch-iters` at
 `--batch` (throughput, images/s), each loop going on for at least `--min-seconds`. Writes the
@@ -108,12 +109,14 @@ def measure(fn: Callable[[np.ndarray], Any], res: int, batch: int = 32, iters: i
 
 
 def available_runtimes(manifest: Dict[str, Any]) -> List[str]:
+  """The runtimes that can run every exported resolution here."""
+  def exported(runtime):
+    return all(deploy.FILE_KIND[runtime] in r['files'] for r in manifest['resolutions'])
   runtimes = []
-  if jax.default_backend() in manifest.get('jax_platforms', []):
+  if jax.default_backend() in manifest.get('jax_platforms', []) and exported('jax'):
     runtimes.append('jax')
-  has_onnx = all('onnx' in r['files'] for r in manifest['resolutions'])
-  if has_onnx and importlib.util.find_spec('onnxruntime') is not None:
-    runtimes.append('onnxruntime')
+  if importlib.util.find_spec('onnxruntime') is not None:
+    runtimes += [rt for rt in ('onnxruntime', 'onnxruntime_int8') if exported(rt)]
   return runtimes
 
 
@@ -122,7 +125,8 @@ def available_runtimes(manifest: Dict[str, Any]) -> List[str]:
 def markdown(manifest: Dict[str, Any]) -> str:
   profile = manifest['profile']
   runtimes, batch = profile['runtimes'], profile['batch']
-  head = ['resolution', 'MACs', 'top-1 (%)']
+  int8 = 'onnxruntime_int8' in runtimes
+  head = ['resolution', 'MACs', 'top-1 (%)'] + (['int8 top-1 (%)'] if int8 else [])
   for runtime in runtimes:
     head += [f'{runtime} p50 / p90 (ms)', f'{runtime} img/s (batch {batch})']
   lines = [f"Measured {profile['date']} on {profile['machine']['description']} "
@@ -133,8 +137,10 @@ def markdown(manifest: Dict[str, Any]) -> str:
            '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for r in manifest['resolutions']:
     name = f"{r['resolution']}" + ('' if r['trained'] else ' (not trained)')
-    top1 = '-' if r.get('top1') is None else f"{r['top1']:.2f}"
-    cells = [name, f"{r['macs'] / 1e6:.1f}M", top1]
+    cells = [name, f"{r['macs'] / 1e6:.1f}M"]
+    for runtime in ['onnxruntime'] + (['onnxruntime_int8'] if int8 else []):
+      top1 = deploy.top1(r, runtime)
+      cells.append('-' if top1 is None else f'{top1:.2f}')
     for runtime in runtimes:
       m = r['latency'][runtime]
       cells += [f"{m['p50_ms']:.2f} / {m['p90_ms']:.2f}", f"{m['throughput_img_s']:.1f}"]
@@ -143,22 +149,27 @@ def markdown(manifest: Dict[str, Any]) -> str:
 
 
 def plot(manifest: Dict[str, Any], path: str) -> bool:
-  """Top-1 against batch-1 p50 latency; False (nothing written) when no row has a top-1."""
-  rows = [r for r in manifest['resolutions'] if r.get('top1') is not None]
-  if not rows:
+  """Top-1 against batch-1 p50 latency, one line per runtime with accuracies; False (nothing
+  written) when no row has a top-1."""
+  curves = {runtime: [r for r in manifest['resolutions'] if deploy.top1(r, runtime) is not None]
+            for runtime in manifest['profile']['runtimes']}
+  if not any(curves.values()):
     return False
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  for runtime in manifest['profile']['runtimes']:
+  for runtime, rows in curves.items():
+    if not rows:
+      continue
     points = sorted(rows, key=lambda r: r['resolution'])
     x = [r['latency'][runtime]['p50_ms'] for r in points]
-    line, = ax.plot(x, [r['top1'] for r in points], marker='o', markersize=5, label=runtime)
-    for xi, r in zip(x, points):
+    y = [deploy.top1(r, runtime) for r in points]
+    line, = ax.plot(x, y, marker='o', markersize=5, label=runtime)
+    for xi, yi, r in zip(x, y, points):
       if not r['trained']:
-        ax.plot(xi, r['top1'], 'o', mfc='white', mec=line.get_color(), markersize=7)
-      ax.annotate(str(r['resolution']), (xi, r['top1']), fontsize=7, textcoords='offset points',
+        ax.plot(xi, yi, 'o', mfc='white', mec=line.get_color(), markersize=7)
+      ax.annotate(str(r['resolution']), (xi, yi), fontsize=7, textcoords='offset points',
                   xytext=(3, -9))
   ax.set_xlabel('batch-1 latency, p50 (ms)')
   ax.set_ylabel('top-1 accuracy (%)')

@@ -19,6 +19,12 @@ from rsnets_jax import (data, deploy, evaluate, export, fold, predict, preproces
 CLASSES = 10
 # Relative logit error (max |difference| / max |logit|) the issue sets for each file.
 JAX_TOLERANCE, ONNX_TOLERANCE = 1e-5, 1e-4
+# int8 against float32 logits: bounds on the relative error (max |difference| / max |logit|) and on
+# the error's norm over the norm of the float32 logits' spread around their mean over the images.
+# Random networks amplify the quantization error (measured on the test's images of noise: ResNet-18
+# 0.13-0.21 and 0.18-0.24, MobileNetV2 0.34-0.56 and 0.54-0.71); what int8 keeps of a trained
+# network is measured on real photos in experiments/BENCHMARKS.md.
+INT8_TOLERANCE = {'resnet18': (0.3, 0.35), 'mobilenet_v2': (0.75, 0.9)}
 # arch: (width, training resolutions, the resolution added after training, input mean/std).
 # A random MobileNetV2 amplifies float32 rounding: reordering its arithmetic, as folding does,
 # moves the logits by 4e-6 to 6e-6 at 48/40/32 px (measured), and by 1e-5 to 3e-5 at 32/24/16,
@@ -376,6 +382,168 @@ def test_predict_by_budget_and_its_errors(network, exported, tmp_path, capsys):
   assert 'no resolution fits the budget of 1e-06 ms' in err[0]
   assert 'no resolution 20' in err[1]
   assert 'no manifest.json' in err[2]
+
+
+# -- int8 ------------------------------------------------------------------------------------------
+
+def _class_folders(root, size, rng, train=3, val=2):
+  """A data set of JPEGs in root/{train,val}/<class>/, one class per label of the network."""
+  for split, count in (('train', train), ('val', val)):
+    for label in range(CLASSES):
+      folder = root / split / f'kind{label}'
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (size + 3 * i, size, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f'{i}.jpg', quality=95)
+  return root
+
+
+@pytest.fixture(scope='module')
+def int8_exported(network, tmp_path_factory):
+  """The network, trained (as far as export can tell) on a folder data set, exported as int8."""
+  pytest.importorskip('onnxruntime')
+  net, params, stats, (mean, std), _ = network
+  root = tmp_path_factory.mktemp('int8')
+  folders = _class_folders(root / 'data', net.resolutions[0], np.random.default_rng(5))
+  workdir = root / 'run'
+  data_config = {'dataset': 'folder', 'data_dir': str(folders), 'input_mean': mean,
+                 'input_std': std, 'eval_view': 'nearest_from_largest', 'num_workers': 8}
+  rsnets_jax.save_model(workdir, net, params, stats, {'config': {'data': data_config}})
+  dst = root / 'export'
+  manifest = export.export_model(workdir, dst, formats=('onnx', 'onnx_int8'),
+                                 calibration_images=12, log=lambda _: None)
+  return dst, manifest, folders
+
+
+def test_int8_models_are_calibrated_and_measured_on_the_data_set(network, int8_exported):
+  """Each resolution's int8 model: its weights int8, its accuracy and agreement in the manifest
+  those of the validation images' eval views (recomputed here from the files), its logits near
+  float32's."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  net, params, stats, (mean, std), _ = network
+  dst, manifest, folders = int8_exported
+  about = manifest['int8']
+  assert (about['calibration_images'], about['eval_images'], about['labelled']) == (12, 20, True)
+  assert about['data'] == 'data'
+  val = data.FolderSource(str(folders), 'val')
+  for r in manifest['resolutions']:
+    res = r['resolution']
+    assert set(r['files']) == {'onnx', 'onnx_int8'}
+    model = onnx.load(str(dst / r['files']['onnx_int8']['file']))
+    ops = {n.op_type for n in model.graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear', 'Conv'} <= ops, ops
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= len(fold.conv_bn_pairs(net))  # every convolution's kernel
+    # The figures, recomputed: the views predict makes, the int8 file and net.apply.
+    views, labels = [], []
+    for i in range(len(val)):
+      with data.open_image(val[i]['image']) as image:
+        views.append(data.eval_view(image, res))
+      labels.append(val[i]['label'])
+    views, labels = np.stack(views), np.asarray(labels)
+    int8_logits = deploy.load_runtime(dst, manifest, res, 'onnxruntime_int8')(views)
+    float_logits = np.asarray(jax.jit(net.apply)(params, stats[res],
+                                                 preprocess.to_float(views, mean, std)))
+    got = r['int8']
+    assert got['images'] == len(views) == 20
+    assert got['top1'] == pytest.approx(100 * np.mean(int8_logits.argmax(-1) == labels))
+    assert got['float32_top1'] == pytest.approx(100 * np.mean(float_logits.argmax(-1) == labels))
+    top5 = np.argsort(-int8_logits, axis=-1, kind='stable')[:, :5]  # ties: the lower class
+    assert got['top5'] == pytest.approx(100 * np.mean(np.any(top5 == labels[:, None], axis=1)))
+    assert got['top1_agreement'] == pytest.approx(
+        100 * np.mean(int8_logits.argmax(-1) == float_logits.argmax(-1)))
+    # The int8 logits follow what tells one image from another: their error is a small part of
+    # the float32 logits' spread around their mean over images.
+    error = _relative_error(int8_logits, float_logits)
+    assert got['logits_relative_rms_error'] == pytest.approx(
+        np.linalg.norm(int8_logits - float_logits) / np.linalg.norm(float_logits), rel=1e-4)
+    spread = float(np.linalg.norm(int8_logits - float_logits) /
+                   np.linalg.norm(float_logits - float_logits.mean(0)))
+    print(f'{net.arch} {res}px: int8 against float32 logits, relative error {error:.3f}, '
+          f'error / spread {spread:.3f}')
+    bound = INT8_TOLERANCE[net.arch]
+    assert error < bound[0] and spread < bound[1], (error, spread)
+
+
+def test_int8_without_labels_of_the_network_measures_agreement_only(network, tmp_path):
+  """A model that records no data (a converted one) is calibrated on --data-dir; with classes that
+  are not the network's, the manifest holds only the agreement with float32."""
+  pytest.importorskip('onnxruntime')
+  net, params, stats, *_ = network
+  workdir = tmp_path / 'converted'
+  rsnets_jax.save_model(workdir, net, params, stats, {'converted_from': 'x.pth.tar'})
+  folders = tmp_path / 'other'
+  for split in ('train', 'val'):
+    for name in ('a', 'b'):
+      (folders / split / name).mkdir(parents=True)
+      _jpeg(folders / split / name / '0.jpg', (40, 40), ord(name))
+  res = net.resolutions[-1]
+  manifest = export.export_model(workdir, tmp_path / 'export', resolutions=[res],
+                                 formats=('onnx_int8',), data_dir=str(folders),
+                                 log=lambda _: None)
+  assert manifest['int8']['labelled'] is False and manifest['int8']['calibration_images'] == 2
+  row, = manifest['resolutions']
+  assert set(row['int8']) == {'images', 'top1_agreement', 'logits_relative_rms_error'}
+  assert row['int8']['images'] == 2
+  assert deploy.top1(row, 'onnxruntime_int8') is None and list(row['files']) == ['onnx_int8']
+
+
+def test_int8_profile_budget_and_predict(network, int8_exported, tmp_path, capsys):
+  dst, _, _ = int8_exported
+  manifest = profile.profile_model(dst, batch=1, iters=3, batch_iters=1, warmup=1,
+                                   min_seconds=0, log=lambda _: None)
+  assert manifest['profile']['runtimes'] == ['onnxruntime', 'onnxruntime_int8']
+  table = (dst / profile.TABLE).read_text()
+  assert '| int8 top-1 (%) |' in table
+  rows = [line.split(' | ') for line in table.splitlines() if line.startswith('| ') and
+          line[2].isdigit()]
+  for cells, r in zip(rows, manifest['resolutions']):
+    assert cells[3] == f"{r['int8']['top1']:.2f}"
+  # The budget reads the int8 model's own accuracy and latency.
+  best = max(manifest['resolutions'], key=lambda r: (r['int8']['top1'],
+                                                     -r['latency']['onnxruntime_int8']['p90_ms'],
+                                                     -r['macs']))
+  assert deploy.choose_resolution(manifest, latency_ms=1e9,
+                                  runtime='onnxruntime_int8') == best['resolution']
+  image = tmp_path / 'a.jpg'
+  _jpeg(image, (50, 40), 3)
+  assert predict.main(['--model', str(dst), '--runtime=onnxruntime_int8', '--latency-ms=1e9',
+                       str(image)]) == 0
+  out, err = capsys.readouterr()
+  assert err.startswith(f"resolution {best['resolution']} px (the most accurate within the "
+                        f"budget, ") and 'on onnxruntime_int8' in err
+  assert out.startswith(f"{image}: {best['resolution']} px, ")
+
+
+def test_choose_resolution_on_int8_uses_its_own_accuracy():
+  manifest = json.loads(json.dumps(HAND_MADE))
+  for r, int8_top1 in zip(manifest['resolutions'], (70.0, 72.5, 70.5, 66.0, 61.0)):
+    r['int8'] = {'top1': int8_top1}
+    r['latency']['onnxruntime_int8'] = {'p50_ms': 1.0, 'p90_ms': r['latency']['jax']['p90_ms'] / 3}
+  assert deploy.choose_resolution(manifest, runtime='onnxruntime_int8') == 192
+  assert deploy.choose_resolution(manifest, latency_ms=2.0, runtime='onnxruntime_int8') == 160
+  assert deploy.choose_resolution(manifest, latency_ms=2.0, runtime='jax') == 96
+
+
+def test_int8_export_errors_are_one_line_and_touch_nothing(network, tmp_path, capsys):
+  pytest.importorskip('onnxruntime')
+  net, params, stats, *_ = network
+  converted = tmp_path / 'converted'
+  rsnets_jax.save_model(converted, net, params, stats, {'converted_from': 'x.pth.tar'})
+  *_, synthetic_run = network
+  calls = [['--workdir', str(converted)],
+           ['--workdir', str(synthetic_run), '--data-dir', str(tmp_path)],
+           ['--workdir', str(synthetic_run), '--calibration-images=0'],
+           ['--workdir', str(converted), '--data-dir', str(tmp_path / 'none')]]
+  for i, call in enumerate(calls):
+    assert export.main([*call, '--dst', str(tmp_path / f'out{i}'), '--formats=onnx_int8']) == 1
+    assert not (tmp_path / f'out{i}').exists()
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 4 and all(e.startswith('python -m rsnets_jax.export: error: ') for e in err)
+  assert 'records no training data: pass --data-dir' in err[0]
+  assert 'trained on the synthetic one' in err[1]
+  assert '--calibration-images must be at least 1' in err[2]
+  assert str(tmp_path / 'none') in err[3]
 
 
 # -- the export command ----------------------------------------------------------------------------
