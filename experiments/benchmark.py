@@ -33,7 +33,7 @@ import time
 import jax
 import numpy as np
 
-from rsnets_jax import defaults, preprocess, steps
+from rsnets_jax import cli, defaults, preprocess, steps
 from rsnets_jax.network import RSNet
 
 WARMUP_STEPS = 3  # as the anchor
@@ -188,8 +188,10 @@ def main(argv=None):
       'warmup_s': round(warmup_s, 1), 'warmup3_s': round(warmup3_s, 1),
       'compile_s': round(compile_s, 1), 'step_ms': round(step_s * 1e3, 2),
       'train_img_s': round(args.batch / step_s, 1), 'peak_mem_gib': round(peak, 2), 'loss': loss,
-      'eval_img_s_per_res': eval_img_s}))
+      'eval_img_s_per_res': eval_img_s,
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES')}))
 
 
 if __name__ == '__main__':
+  cli.restart_with_huge_pages()  # as the product's commands run
   main()

@@ -44,4 +44,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.restart_with_huge_pages()
   app.run(main, flags_parser=cli.parse_absl_flags)

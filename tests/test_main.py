@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import jax
 
 import rsnets_jax
@@ -198,3 +199,57 @@ def test_a_bad_config_value_is_one_clear_error(tmp_path):
   code, out = main(tmp_path, *SMALL, '--config.model.resolutions=(16, 32)')
   assert code == 1 and 'Traceback' not in out
   assert out.strip().splitlines()[-1].startswith('error: resolutions must be distinct and largest first')
+
+
+@pytest.mark.parametrize('environ, libc, thp, want', [
+    ({}, ('glibc', '2.36'), 'always [madvise] never', True),
+    ({}, ('glibc', '2.35'), 'always [madvise] never\n', True),
+    ({}, ('glibc', '2.34'), 'always [madvise] never', False),   # no such tunable yet
+    ({}, ('', ''), 'always [madvise] never', False),            # musl and others
+    ({}, ('glibc', '2.36'), '[always] madvise never', False),   # every allocation has them already
+    ({}, ('glibc', '2.36'), 'always madvise [never]', False),
+    ({}, ('glibc', '2.36'), None, False),                       # no transparent huge pages
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, ('glibc', '2.36'), 'always [madvise] never',
+     False),                                                    # the user's own choice
+    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, ('glibc', '2.36'), 'always [madvise] never',
+     True),
+    ({'RSNETS_JAX_NO_RESTART': '1'}, ('glibc', '2.36'), 'always [madvise] never', False),
+])
+def test_when_a_command_restarts_with_huge_pages(environ, libc, thp, want):
+  assert rsnets_jax.cli.wants_huge_pages(environ, libc, thp) is want
+
+
+def _thp_mode():
+  try:
+    with open(rsnets_jax.cli.THP_MODE) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+@pytest.mark.parametrize('opt_out', [False, True])
+def test_a_command_restarts_once_and_gets_huge_pages(opt_out):
+  """The restart keeps the command line and the environment, adds the tunable once, and glibc
+  then backs a large allocation with huge pages; RSNETS_JAX_NO_RESTART=1 keeps the process."""
+  script = ("import os, sys; print('started', flush=True); from rsnets_jax import cli; "
+            "cli.restart_with_huge_pages(); import numpy as np; a = np.ones(64 << 20, np.uint8); "
+            "huge = [int(l.split()[1]) for l in open('/proc/self/smaps_rollup') "
+            "if l.startswith('AnonHugePages')]; "
+            "print(os.environ.get('GLIBC_TUNABLES'), huge[0] if huge else 0, sys.argv[1:])")
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=4'}
+  env.pop('RSNETS_JAX_NO_RESTART', None)
+  if opt_out:
+    env['RSNETS_JAX_NO_RESTART'] = '1'
+  out = subprocess.run([sys.executable, '-c', script, 'a b', '--flag=1'], env=env, cwd=ROOT,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  import platform  # pylint: disable=import-outside-toplevel
+  restarts = not opt_out and sys.platform.startswith('linux') and rsnets_jax.cli.wants_huge_pages(
+      {}, platform.libc_ver(), _thp_mode())
+  tunables, huge_kb, argv = out[-1].split(' ', 2)
+  assert out[:-1] == ['started'] * (1 + restarts)
+  assert argv == "['a b', '--flag=1']"
+  if restarts:
+    assert tunables == 'glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1'
+    assert int(huge_kb) >= 2048, out
+  else:
+    assert tunables == 'glibc.malloc.arena_max=4'

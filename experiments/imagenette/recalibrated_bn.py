@@ -46,6 +46,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.restart_with_huge_pages()
   flags.DEFINE_integer('num_images', recalibrate.DEFAULT_NUM_IMAGES,
                        'Training images (whole batches) that re-estimate each resolution\'s '
                        'statistics.', lower_bound=1)

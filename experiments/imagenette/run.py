@@ -206,6 +206,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.restart_with_huge_pages()
   from ml_collections import config_flags
   FLAGS = flags.FLAGS
   config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'config.py')
