@@ -115,7 +115,9 @@ def time_net_apply(workdir: str, dst: str, manifest, args):
   for r in manifest['resolutions']:
     res = r['resolution']
     artifact = deploy.load_runtime(dst, manifest, res, 'jax')
-    jitted = lambda x, s=stats[res]: np.asarray(apply(params, s, x))  # pylint: disable=unnecessary-lambda-assignment
+
+    def jitted(x, s=stats[res]):
+      return np.asarray(apply(params, s, x))
     rounds = [(profile.measure(jitted, res, args.batch, args.iters),
                profile.measure(artifact, res, args.batch, args.iters)['p50_ms'])
               for _ in range(args.rounds)]
@@ -293,8 +295,8 @@ def verdict_lines(verdict, paper_only: bool):
   if verdict['vs_torch']:
     ratios = verdict['vs_torch']
     ok = all(v <= TORCH_FACTOR for v in ratios.values())
-    lines.append(f"- faster float32 runtime within {TORCH_FACTOR}x of PyTorch eager at batch 1 (ratio "
-                 f"{ratios}): {'met' if ok else 'NOT met'}")
+    lines.append(f"- faster float32 runtime within {TORCH_FACTOR}x of PyTorch eager at batch 1 "
+                 f"(ratio {ratios}): {'met' if ok else 'NOT met'}")
   return lines
 
 

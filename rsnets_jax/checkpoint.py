@@ -439,7 +439,8 @@ class TrainCheckpoints:
       target = aside / f'{step}.{n}'
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
-      if paths.is_remote(aside) and not aside.exists():  # a bucket's folder exists once a file is in it
+      # A bucket's folder exists once a file is in it.
+      if paths.is_remote(aside) and not aside.exists():
         (aside / 'README.txt').write_text('Checkpoints that did not restore, moved here by '
                                           'rsnets_jax when the run resumed.\n')
       (self.directory / str(step)).rename(target)

@@ -324,11 +324,12 @@ def num_eval_examples(config) -> int:
   return len(make_source(config.data, train=False))
 
 
-def num_classes(config) -> int:
-  """The number of classes the data set has (config.model.num_classes must match it)."""
+def num_classes(config, source: Optional[Sequence] = None) -> int:
+  """The number of classes the data set has (config.model.num_classes must match it); `source`,
+  when given, is its training source already opened."""
   if config.data.dataset == 'synthetic':
     return synthetic.NUM_CLASSES
-  source = make_source(config.data, train=True)
+  source = make_source(config.data, train=True) if source is None else source
   return len(source.classes) if isinstance(source, FolderSource) else source.num_classes
 
 

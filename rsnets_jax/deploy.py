@@ -81,8 +81,9 @@ def choose_resolution(manifest: Dict[str, Any], latency_ms: Optional[float] = No
   """The most accurate resolution whose measured batch-1 latency on `runtime` (its p90, in ms)
   is at most `latency_ms` and whose MACs are at most `macs`; with no budget, the most accurate.
 
-  Accuracy is the manifest's top-1 of what `runtime` runs (`top1`). When a resolution in the running has none (a network with no
-  evaluation), the larger resolution counts as the more accurate, the RS-Net's trade-off. Equal
+  Accuracy is the manifest's top-1 of what `runtime` runs (`top1`). When a resolution in the
+  running has none (a network with no evaluation, or an int8 model measured without labels), the
+  larger resolution counts as the more accurate, the RS-Net's trade-off. Equal
   top-1: the cheaper one (lower latency, then fewer MACs). A ConfigError when nothing fits or
   the latency was never measured on `runtime`.
   """

@@ -11,8 +11,8 @@ D receives, with that resolution's BatchNorm folded into the convolutions (rsnet
                        `jax.export.deserialize(open(f, 'rb').read()).call(images)`, no rsnets_jax
                        needed, on the platforms of `--platforms` (default: this machine's)
     <res>px.onnx       the same function for onnxruntime (input 'images', output 'logits')
-    <res>px.int8.onnx  with --formats=...,onnx_int8: that model quantized to int8 (rsnets_jax/int8.py),
-                       calibrated on `--calibration-images` training images of the run's data set
+    <res>px.int8.onnx  with --formats=...,onnx_int8: that model quantized to int8
+                       (rsnets_jax/int8.py), calibrated on `--calibration-images` training images of the run's data set
                        (or of --data-dir) and evaluated against float32 on `--eval-images`
                        validation images (0: all)
     manifest.json      per resolution: MACs, parameters, top-1/top-5 from the work directory's

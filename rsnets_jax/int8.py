@@ -29,8 +29,7 @@ SUBSET_SEED = 0  # which training images calibrate, and which validation images 
 BATCH = 32  # images per onnxruntime call while calibrating and evaluating
 
 
-def data_config(meta: Dict[str, Any], num_classes: int,
-                data_dir: Optional[str] = None) -> ml_collections.ConfigDict:
+def data_config(meta: Dict[str, Any], data_dir: Optional[str] = None) -> ml_collections.ConfigDict:
   """The config whose data calibrate and evaluate the int8 models: the training run's data (from
   the checkpoint's meta), with `data_dir` (when given) in place of its folder; a model with no
   training config (a converted one) needs `data_dir`, read as class folders. Images are made in
@@ -54,7 +53,6 @@ def data_config(meta: Dict[str, Any], num_classes: int,
   config.data.eval_batch_size = BATCH
   config.data.eval_view = 'per_resolution'
   config.data.interpolation = 'bilinear'
-  config.model.num_classes = num_classes
   return config
 
 
@@ -174,12 +172,12 @@ class Calibration:
       raise ConfigError(f'--eval-images must be 0 (all) or more, got {eval_images}')
     if importlib.util.find_spec('onnxruntime') is None:
       raise ConfigError("the onnx_int8 format needs onnxruntime: pip install -e '.[deploy]'")
-    self.config = data_config(meta, num_classes, data_dir)
+    self.config = data_config(meta, data_dir)
     train = data.make_source(self.config.data, train=True)
     val = data.make_source(self.config.data, train=False)
     self.calibration = subset(train, calibration_images)
     self.evaluation = subset(val, eval_images)
-    self.labelled = data.num_classes(self.config) == num_classes
+    self.labelled = data.num_classes(self.config, train) == num_classes
     self.about = {
         'method': "onnxruntime static quantization, QDQ: int8 weights per output channel, uint8 "
                   "activations with min/max ranges from each resolution's calibration views, "
@@ -191,7 +189,9 @@ class Calibration:
         'view': 'rsnets_jax.data.eval_view (per resolution, bilinear), as predict makes it'}
 
   def quantize(self, float_model: bytes, res: int):
-    """(the int8 model, its accuracy and agreement against `float_model` at `res`)."""
+    """(the int8 model, its accuracy and agreement against `float_model` at `res`). Each
+    resolution reads its images again: every view of a validation set at every resolution would
+    take gigabytes."""
     int8_model = quantize(float_model, views(self.config, res, self.calibration))
     accuracy = compare(deploy.onnx_function(float_model), deploy.onnx_function(int8_model),
                        views(self.config, res, self.evaluation), self.labelled)

@@ -4,9 +4,9 @@ XLA's CPU backend differentiates `reduce_window` max as select-and-scatter, whic
 variadic reduce-window over materialised index arrays and a scatter: forward+backward of a ResNet's
 3x3 stride-2 pool on a 32x32x64 map at batch 32 takes 37 ms, against 4.5 ms with the gradient
 computed from strided views of the input (`experiments/cpu_conv.py pool` measures both); XLA's
-gradient was about a fifth of the five-resolution train step's operation time at 64..32 px. Only differentiation changes: a pool that
-is not differentiated (inference, export, ONNX) is XLA's reduction on every backend, and GPU and
-TPU keep XLA's gradient too.
+gradient was about a fifth of the five-resolution train step's operation time at 64..32 px. Only
+differentiation changes: a pool that is not differentiated (inference, export, ONNX) is XLA's
+reduction on every backend, and GPU and TPU keep XLA's gradient too.
 """
 from typing import Tuple
 
