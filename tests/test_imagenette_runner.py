@@ -80,6 +80,35 @@ def test_a_control_row_changes_only_what_it_names():
   assert mean.to_dict() == base.to_dict() and base.seed == 3 and base.model.resolutions == (64, 32)
   inet = run.row_config(config, (48,), 0, report.INET_ROW)
   assert inet.distillation == 'none' and inet.model.resolutions == (48,)
+  # The tuned baseline: the learning rate x2 and x5, nothing else.
+  for name, factor in (('inets_lr2', 2), ('inets_lr5', 5)):
+    tuned = run.row_config(config, (48,), 0, report.INET_ROWS[name])
+    assert tuned.optim.learning_rate == inet.optim.learning_rate * factor
+    tuned.optim.learning_rate = inet.optim.learning_rate
+    assert tuned.to_dict() == inet.to_dict()
+
+
+def test_the_best_tuned_baseline_picks_a_learning_rate_per_size_on_the_common_seeds():
+  tables = {
+      # At 32: lr2 has the best mean on seeds 0-2 (51 against 50 and 49); inets' seeds 3 and 4
+      # would raise its mean over all five, but the pick is made on the seeds every row ran.
+      'inets': _table({32: [50.0, 50.0, 50.0, 60.0, 60.0], 16: [40.0, 40.0, 40.0, 40.0, 40.0]}),
+      'inets_lr2': _table({32: [51.0, 51.0, 51.0], 16: [30.0, 30.0, 30.0]}),
+      'inets_lr5': _table({32: [49.0, 49.0, 49.0], 16: [41.0, 42.0, 43.0]}),
+      'ens_topdown': _table({32: [52.0, 52.5, 52.0, 61.0, 62.0], 16: [41.0, 41.0, 41.0, 41, 41]}),
+  }
+  best = report.best_per_size(tables, ['inets', 'inets_lr2', 'inets_lr5'], (32, 16))
+  assert [e['picked'] for e in best['rows']] == ['inets_lr2', 'inets_lr5']
+  assert best['picked_on_seeds'] == [0, 1, 2] and best['seeds'] == [0, 1, 2]
+  assert best['rows'][0]['top1'] == 51.0 and best['rows'][1]['top1'] == 42.0
+  tables['inets_best'] = best
+  verdicts = {(x['a'], x['b'], x['resolution']): x for x in report.compare(tables, (32, 16))}
+  x = verdicts[('ens_topdown', 'inets_best', 32)]  # paired on seeds 0-2: +1, +1.5, +1
+  assert x['seeds'] == [0, 1, 2] and abs(x['delta'] - 3.5 / 3) < 1e-9 and x['verdict'] == 'a better'
+  x = verdicts[('ens_topdown', 'inets_best', 16)]  # -0, -1, -2
+  assert abs(x['delta'] + 1.0) < 1e-9 and x['verdict'] == 'tie'
+  # Against the recipe's I-Nets, paired over all five seeds.
+  assert verdicts[('ens_topdown', 'inets', 32)]['seeds'] == [0, 1, 2, 3, 4]
 
 
 def make_photos(root, classes=2, per_class=8, size=24):
@@ -105,13 +134,15 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
          '--config.data.batch_size=8', '--config.data.eval_batch_size=8',
          '--config.train_subset=0', '--config.val_subset=0', '--config.compilation_cache_dir=',
          '--config.seeds.inets=(0,)', '--config.seeds.shared_bn=()',
-         '--config.seeds.private_bn=()', '--config.seeds.ens=()', '--config.seeds.ens_topdown=(0, 1)']
+         '--config.seeds.private_bn=()', '--config.seeds.ens=()', '--config.seeds.ens_topdown=(0, 1)',
+         '--config.seeds.inets_lr2=(0,)']
   env = {**os.environ, 'PYTHONPATH': ROOT}
   first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
   result = json.loads((out / 'results.json').read_text())
   assert result['train_count'] == 16 and result['val_count'] == 16
-  assert set(result['tables']) == {'inets', 'inet_largest', 'ens_topdown'}
+  assert set(result['tables']) == {'inets', 'inets_lr2', 'inets_best', 'inet_largest',
+                                   'ens_topdown'}
   assert result['tables']['ens_topdown']['seeds'] == [0, 1]
   cross = next(r for r in result['runs'] if r['row'] == 'inet_largest')['accuracies']
   assert {'top1/16', 'top1/12'} <= set(cross)  # the I-16 network at both sizes
@@ -119,7 +150,8 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
   for figure in ('accuracy_vs_macs', 'largest_at_every_size', 'claims'):
     assert (out / f'{figure}.png').stat().st_size > 10_000 and (out / f'{figure}.svg').exists()
   # Each training is a product run: checkpoints, TensorBoard and the loop's own reports.
-  for run_dir in ('inet_16/seed0', 'inet_12/seed0', 'ens_topdown/seed0', 'ens_topdown/seed1'):
+  for run_dir in ('inet_16/seed0', 'inet_12/seed0', 'inets_lr2_16/seed0', 'ens_topdown/seed0',
+                  'ens_topdown/seed1'):
     workdir = out / 'runs' / run_dir
     assert (workdir / 'checkpoints').is_dir() and (workdir / 'tensorboard').is_dir(), run_dir
     assert json.loads((workdir / 'results.json').read_text())['count'] == 16
@@ -128,7 +160,7 @@ def test_every_row_is_a_resumable_run_of_the_product_loop(tmp_path):
   # The same command again finds every run finished: nothing trains, the table is the same.
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert 'step 1/2' not in again.stderr and again.stderr.count('already holds the final step') == 4
+  assert 'step 1/2' not in again.stderr and again.stderr.count('already holds the final step') == 6
   rerun = json.loads((out / 'results.json').read_text())
   assert rerun['tables'] == result['tables']
   # ... and each training's wall time is still the one it took to train.

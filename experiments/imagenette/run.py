@@ -6,6 +6,8 @@ Rows (config.seeds says which run, and with which seeds):
   inets        one ResNet-18 per resolution, trained and tested there (an RS-Net with a single
                resolution, no distillation); the largest one is also tested at every other size
                with its one BatchNorm (`rsnets_jax.reuse_batchnorm`), the paper's "I-224" column
+  inets_lr2/5  the same at 2x and 5x the recipe's learning rate; with them the report adds
+               "best-tuned I-Net per size" (the learning rate with the best mean at each size)
   shared_bn    RS-ResNet-18, one BatchNorm shared by every resolution, no distillation
   private_bn   RS-ResNet-18, private BatchNorm, no distillation (the paper's "parallel")
   ens          private BatchNorm, vanilla ensemble distillation
@@ -100,26 +102,29 @@ def at_every_size(config, workdir: str, resolutions, val_source) -> Dict[str, fl
                        data.eval_batches(config, resolutions, source=val_source))
 
 
-def train_inets(config, out: str, seed: int, train_source, val_source) -> List[Dict[str, Any]]:
-  """One network per resolution (seed `seed`); the largest also tested at every other size."""
+def train_inets(config, out: str, seed: int, train_source, val_source,
+                name: str = 'inets') -> List[Dict[str, Any]]:
+  """One network per resolution (seed `seed`) for I-Net row `name`; the recipe's largest is also
+  tested at every other size."""
   resolutions = tuple(config.model.resolutions)
   records = []
   per_res: Dict[str, float] = {}
   wall_s = 0.0
+  prefix = 'inet' if name == 'inets' else name
   for res in resolutions:
-    c = row_config(config, (res,), seed, report.INET_ROW)
-    workdir = os.path.join(out, 'runs', f'inet_{res}', f'seed{seed}')
+    c = row_config(config, (res,), seed, report.INET_ROWS[name])
+    workdir = os.path.join(out, 'runs', f'{prefix}_{res}', f'seed{seed}')
     result = train_row(c, workdir, train_source, val_source)
     per_res.update({k: v for k, v in result['accuracies'].items() if k.endswith(f'/{res}')})
     per_res['count'] = result['accuracies']['count']
     wall_s += result['wall_s']
-    if res == resolutions[0]:
+    if res == resolutions[0] and name == 'inets':
       cross = at_every_size(c, workdir, resolutions, val_source)
       records.append({'row': 'inet_largest', 'seed': seed, 'accuracies': cross})
       log.info('%s seed %d at every size: %s', report.largest_label(resolutions), seed,
                report.top1s(cross))
-  records.append({'row': 'inets', 'seed': seed, 'accuracies': per_res, 'wall_s': wall_s})
-  log.info('I-Nets seed %d: %s', seed, report.top1s(per_res))
+  records.append({'row': name, 'seed': seed, 'accuracies': per_res, 'wall_s': wall_s})
+  log.info('%s seed %d: %s', report.INET_ROWS[name].label, seed, report.top1s(per_res))
   return records
 
 
@@ -149,9 +154,11 @@ def run_all(config, out: str, train_source, val_source) -> List[Dict[str, Any]]:
     with open(timings_path, 'w') as f:
       json.dump(timings, f, indent=1)
 
-  for seed in sorted({s for row in ('inets', *report.RS_ROWS) for s in config.seeds[row]}):
-    if seed in config.seeds.inets:
-      add(train_inets(config, out, seed, train_source, val_source))
+  for seed in sorted({s for row in (*report.INET_ROWS, *report.RS_ROWS)
+                      for s in config.seeds[row]}):
+    for name in report.INET_ROWS:
+      if seed in config.seeds[name]:
+        add(train_inets(config, out, seed, train_source, val_source, name))
     for name, row in report.RS_ROWS.items():
       if seed not in config.seeds[name]:
         continue
