@@ -2,7 +2,7 @@
 
     python -m rsnets_jax.main --config=configs/synthetic_demo.py --workdir=runs/synthetic_demo
 
-A narrow RS-ResNet-18 learns a generated data set (rsnets_jax/synthetic.py) whose classes depend on
+A narrow RS-ResNet-18 learns a generated data set (rsnets_jax/data/synthetic.py) whose classes depend on
 fine stripes that vanish at low resolution, so the final table shows real learning and a real
 accuracy-versus-cost trade-off across five resolutions, plus a checkpoint and the figure.
 """

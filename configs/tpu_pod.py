@@ -2,7 +2,7 @@
 
 Install the project with its cloud extra on every host (`pip install -e '.[cloud]'`), then run the
 same command on every host of the slice (e.g. `gcloud compute tpus tpu-vm ssh NAME --worker=all
---command=...`; the README's "Cloud TPU pod" section has every step):
+--command=...`; docs/cloud_tpu.md has every step):
 
     python -m rsnets_jax.main --config=configs/tpu_pod.py --workdir=gs://BUCKET/runs/rs_resnet50 \
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets

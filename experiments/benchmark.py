@@ -33,8 +33,13 @@ import time
 import jax
 import numpy as np
 
-from rsnets_jax import cli, defaults, preprocess, steps
-from rsnets_jax.network import RSNet
+from rsnets_jax import cli
+from rsnets_jax import defaults
+from rsnets_jax.data import preprocess
+from rsnets_jax.train import optim
+from rsnets_jax.train import sharding
+from rsnets_jax.train import step as steps
+from rsnets_jax.models import RSNet
 
 WARMUP_STEPS = 3  # as the anchor
 
@@ -134,13 +139,13 @@ def main(argv=None):
   t_start = time.perf_counter()
   net = RSNet(**config.model)
   total_steps = 1000 * config.num_epochs
-  tx, _ = steps.create_optimizer(config.optim, total_steps, 1000)
-  mesh = steps.make_mesh(devices)
+  optimizer = optim.create_optimizer(config.optim, total_steps, 1000)
+  mesh = sharding.make_mesh(devices)
   init_key, step_key = steps.run_keys(config.seed)
-  state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
-  step_key = steps.replicate(step_key, mesh)
-  batch = steps.shard_batch(host_batch, mesh)
-  step = steps.make_train_step(net, config, total_steps, 1000, mesh)
+  state = sharding.replicate(steps.create_train_state(net, optimizer, init_key), mesh)
+  step_key = sharding.replicate(step_key, mesh)
+  batch = sharding.shard_batch(host_batch, mesh)
+  step = steps.make_train_step(net, config, mesh)
   jax.block_until_ready((state, batch))
   t_compile = time.perf_counter()
   compiled = step.lower(state, batch, step_key).compile()
@@ -171,7 +176,7 @@ def main(argv=None):
 
   # -- evaluation: one resolution at a time, its own BatchNorm ---------------------------------
   forward = jax.jit(net.apply)
-  images = jax.device_put(host_batch['image'], steps.batch_sharded(mesh))
+  images = jax.device_put(host_batch['image'], sharding.batch_sharded(mesh))
   eval_img_s = {}
   for res in config.model.resolutions:
     resize = jax.jit(lambda x, res=res: preprocess.resize(preprocess.to_float(x), res))

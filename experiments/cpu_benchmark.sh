@@ -2,13 +2,16 @@
 # The five-resolution RS-ResNet-18 train step on this CPU against the PyTorch anchor, float32, in
 # rounds that alternate the runs (the machine's speed drifts from minute to minute): 64/56/48/40/32
 # px at batch 32 (ROUNDS rounds), then 224/192/160/128/96 px at batch 16 (one round). A round runs
-#   anchor          ../shared/bench/torch_rs_resnet18.py as it is
+#   anchor          the PyTorch anchor ($ANCHOR) as it is
 #   anchor_hugetlb  the same with GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 #   jax             experiments/benchmark.py as the commands run: restarted with that tunable
 #                   (rsnets_jax/cli.py, restart_with_huge_pages)
 #   jax_no_restart  the same with RSNETS_JAX_NO_RESTART=1 (the process as started)
 # One JSON line per run, labelled, in $OUT/bench.jsonl; then the ratios of train img/s.
-# Environment: OUT (default runs/cpu_benchmark), PYTHON (default python3), ROUNDS (default 3).
+# Environment: ANCHOR (required: the path of the PyTorch anchor, torch_rs_resnet18.py, an
+# RS-ResNet-18 step written the way a PyTorch user would; it is not in this repository: on this
+# project's machines ANCHOR=../shared/bench/torch_rs_resnet18.py), OUT (default
+# runs/cpu_benchmark), PYTHON (default python3), ROUNDS (default 3).
 # Only the ratios of results already gathered:  bash experiments/cpu_benchmark.sh --ratios FILE
 set -uo pipefail
 
@@ -16,7 +19,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-runs/cpu_benchmark}
 ROUNDS=${ROUNDS:-3}
-ANCHOR=../shared/bench/torch_rs_resnet18.py
+ANCHOR=${ANCHOR:-}
 RESULTS="$OUT/bench.jsonl"
 
 ratios() {
@@ -39,8 +42,8 @@ EOF
 
 if [[ ${1:-} == --ratios ]]; then ratios "$2"; exit; fi
 
-if [[ ! -f "$ANCHOR" ]]; then
-  echo "missing $ANCHOR (the PyTorch anchor in ../shared/bench)" >&2
+if [[ -z "$ANCHOR" || ! -f "$ANCHOR" ]]; then
+  echo "error: set ANCHOR to the PyTorch anchor's file (torch_rs_resnet18.py; got '${ANCHOR}')" >&2
   exit 2
 fi
 mkdir -p "$OUT"

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsnets_jax import conv, pooling
+from rsnets_jax.models import conv
+from rsnets_jax.models import pooling
 
 Layer = collections.namedtuple('Layer', 'count size cin cout k stride groups')
 

@@ -2,8 +2,13 @@
 converted full-size RS-ResNet-18 with random weights, next to `jax.jit(net.apply)` and the
 PyTorch anchor's eager inference, and check the issue's targets.
 
-    PYTHONPATH=. python experiments/deploy_benchmark.py [--workdir=runs/synthetic_demo ...]
-        [--data-dir=../shared/datasets/imagenette-128] [--eval-images=1000]
+    PYTHONPATH=. python experiments/deploy_benchmark.py --data-dir=DIR --anchor=FILE
+        [--workdir=runs/synthetic_demo ...] [--eval-images=1000]
+
+External inputs, as arguments: `--data-dir`, photos as class folders (DIR/train/<class>/,
+DIR/val/<class>/; Imagenette from https://github.com/fastai/imagenette; on this project's machines
+../shared/datasets/imagenette-128), and `--anchor`, the PyTorch anchor's file
+(torch_rs_resnet18.py, not in this repository; there ../shared/bench/torch_rs_resnet18.py).
 
 For each `--workdir` (default: the synthetic demo run, trained first with its README command when
 absent) and for a full-size RS-ResNet-18 made by the PyTorch reference layout of
@@ -16,7 +21,7 @@ classes are not its own, so there only the agreement with float32 is measured),
 the same `profile.measure` times `jax.jit(net.apply)` (uint8 in, the same scaling) in `--rounds`
 rounds alternating with the JAX artifact (the lower p50 of each decides the artifact's target; the
 table's own columns are the profile's single pass and the rounds' best), and the anchor
-(`../shared/bench/torch_rs_resnet18.py --batch 1`, its eval mode: one resolution's branch under
+(`--anchor`, run with `--batch 1`: its eval mode, one resolution's branch under
 torch.no_grad) gives PyTorch's eager batch-1 time per image (a mean, over `--torch-iters` calls).
 For the full-size network it also measures what reading the folded weights once costs (all of
 them, and the last stage's) and profiles onnxruntime's convolutions per stage at 224 px and at
@@ -40,12 +45,17 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import checkpoint, convert, deploy, export, fold, preprocess, profile
+from rsnets_jax import checkpoints
+from rsnets_jax import convert as convert_command
+from rsnets_jax.data import preprocess
+from rsnets_jax.deploy import export
+from rsnets_jax.deploy import fold
+from rsnets_jax.deploy import formats
+from rsnets_jax.deploy import manifest as manifests
+from rsnets_jax.deploy import profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ANCHOR = os.path.join(ROOT, '..', 'shared', 'bench', 'torch_rs_resnet18.py')
 DEMO = os.path.join('runs', 'synthetic_demo')
-IMAGENETTE = os.path.join('..', 'shared', 'datasets', 'imagenette-128')
 PAPER = (224, 192, 160, 128, 96)
 PROPORTION = 0.30
 TORCH_FACTOR = 1.5
@@ -63,8 +73,11 @@ def parse_args(argv=None):
   ap.add_argument('--torch-iters', type=int, default=30)
   ap.add_argument('--rounds', type=int, default=3,
                   help='rounds of jit(net.apply) alternating with the JAX artifact')
-  ap.add_argument('--data-dir', default=IMAGENETTE,
-                  help="the photos that calibrate the full-size network's int8 models")
+  ap.add_argument('--data-dir', required=True,
+                  help="class folders of photos that calibrate the full-size network's int8 "
+                       "models (e.g. Imagenette)")
+  ap.add_argument('--anchor', required=True,
+                  help="the PyTorch anchor's file, torch_rs_resnet18.py")
   ap.add_argument('--eval-images', type=int, default=1000,
                   help="validation photos the full-size network's int8 models are compared on "
                        "(each --workdir's int8 models: its whole validation set)")
@@ -87,7 +100,7 @@ def full_size_network(out: str, extra) -> str:
   model = ref.randomize(ref.create('resnet18', 1000, len(PAPER)), PAPER)
   src, converted = os.path.join(out, 'r18_random.pth.tar'), os.path.join(out, 'r18_converted')
   ref.save_reference_checkpoint(model, src, 'parallel_resnet18')
-  if convert.main(['--arch', 'resnet18', '--src', src, '--dst', converted, '--overwrite']) != 0:
+  if convert_command.main(['--arch', 'resnet18', '--src', src, '--dst', converted, '--overwrite']) != 0:
     raise SystemExit('conversion failed')
   if not extra:
     return converted
@@ -96,7 +109,7 @@ def full_size_network(out: str, extra) -> str:
     net, params, stats = rsnets_jax.reuse_batchnorm(net, params, stats, res)
   extended = os.path.join(out, 'r18_converted_extended')
   # The converter's provenance: where the weights came from, and so that the classes are ImageNet's.
-  meta = checkpoint.read_meta(converted)
+  meta = checkpoints.read_meta(converted)
   rsnets_jax.save_model(extended, net, params, stats,
                         {k: meta[k] for k in ('converted_from', 'source_checkpoint')})
   return extended
@@ -114,7 +127,7 @@ def time_net_apply(workdir: str, dst: str, manifest, args):
   figures = {}
   for r in manifest['resolutions']:
     res = r['resolution']
-    artifact = deploy.load_runtime(dst, manifest, res, 'jax')
+    artifact = manifests.load_runtime(dst, manifest, res, 'jax')
 
     def jitted(x, s=stats[res]):
       return np.asarray(apply(params, s, x))
@@ -168,7 +181,7 @@ def onnxruntime_conv_times(model_path: str, res: int, calls: int = 300):
   options = onnxruntime.SessionOptions()
   options.enable_profiling = True
   options.profile_file_prefix = os.path.join(os.path.dirname(model_path), 'ort_profile')
-  session = deploy.onnx_session(model_path, options)
+  session = formats.onnx_session(model_path, options)
   feed = {session.get_inputs()[0].name:
           np.random.default_rng(0).integers(0, 256, (1, res, res, 3), np.uint8)}
   for _ in range(calls):
@@ -214,9 +227,9 @@ def why_batch_one_costs(workdir: str, dst: str, manifest, args):
   return lines, figures
 
 
-def torch_anchor(resolutions, iters: int):
+def torch_anchor(anchor: str, resolutions, iters: int):
   """{res: ms per image} of the anchor's eager eval at batch 1 (a mean over `iters` calls)."""
-  cmd = [sys.executable, ANCHOR, '--variant', 'fp32', '--batch', '1', '--iters', str(iters),
+  cmd = [sys.executable, anchor, '--variant', 'fp32', '--batch', '1', '--iters', str(iters),
          '--res', *map(str, resolutions)]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
   result = json.loads(out.strip().splitlines()[-1])
@@ -302,6 +315,9 @@ def verdict_lines(verdict, paper_only: bool):
 
 def main(argv=None):
   args = parse_args(argv)
+  for flag, path in (('--data-dir', args.data_dir), ('--anchor', args.anchor)):
+    if not os.path.exists(path):
+      sys.exit(f'error: {flag} {path} does not exist')
   start, load_start = time.time(), os.getloadavg()[0]
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   os.makedirs(args.out, exist_ok=True)
@@ -317,14 +333,15 @@ def main(argv=None):
   sections = []
   for i, (workdir, dst) in enumerate(networks):
     full_size = i == len(networks) - 1
-    export.export_model(workdir, dst, formats=export.FORMATS,
+    export.export_model(workdir, dst, formats=tuple(formats.FORMATS),
                         data_dir=args.data_dir if full_size else None,
                         eval_images=args.eval_images if full_size else 0)
     manifest = profile.profile_model(dst, batch=args.batch, iters=args.iters)
     jit_figures = time_net_apply(workdir, dst, manifest, args)
     torch_ms, anchor = ({}, None)
     if full_size:
-      torch_ms, anchor = torch_anchor([r['resolution'] for r in manifest['resolutions']],
+      torch_ms, anchor = torch_anchor(args.anchor, [r['resolution']
+                                                    for r in manifest['resolutions']],
                                       args.torch_iters)
     lines, verdict = table(manifest, jit_figures, torch_ms)
     lines += ['', int8_line(manifest)]

@@ -11,7 +11,8 @@
 # The device image has jax, flax, optax, orbax and torch but may lack ml-collections (pure Python),
 # which the benchmark imports; .device/pylib carries it as plain files (nothing is installed there).
 #     run(command="bash experiments/gpu_benchmark.sh", carry=[".device"], timeout_s=600)
-# Environment: OUT (default runs/gpu_benchmark), PYTHON (default python3), ITERS (default 20),
+# Environment: ANCHOR (the anchor's file, default .device/torch_rs_resnet18.py), OUT (default
+# runs/gpu_benchmark), PYTHON (default python3), ITERS (default 20),
 # LIMIT_S (seconds allowed to one run, default 240), TOTAL_S (seconds for all five, default 540,
 # under the device's 600 s per command; a run is cut to what is left, and skipped under 30 s).
 # Only the ratios of results already gathered:  bash experiments/gpu_benchmark.sh --ratios FILE
@@ -23,7 +24,7 @@ OUT=${OUT:-runs/gpu_benchmark}
 ITERS=${ITERS:-20}
 LIMIT_S=${LIMIT_S:-240}
 TOTAL_S=${TOTAL_S:-540}
-ANCHOR=.device/torch_rs_resnet18.py
+ANCHOR=${ANCHOR:-.device/torch_rs_resnet18.py}
 RESULTS="$OUT/bench.jsonl"
 
 ratios() {
@@ -52,7 +53,7 @@ EOF
 if [[ ${1:-} == --ratios ]]; then ratios "$2"; exit; fi
 
 if [[ ! -f "$ANCHOR" ]]; then
-  echo "missing $ANCHOR: copy ../shared/bench/torch_rs_resnet18.py there and carry .device" >&2
+  echo "error: missing $ANCHOR: copy the PyTorch anchor (torch_rs_resnet18.py) there and carry .device" >&2
   exit 2
 fi
 mkdir -p "$OUT"

@@ -13,10 +13,10 @@ from rsnets_jax.errors import UserError
 
 
 # XLA's CPU runtime takes new memory for a step's buffers at every call, and glibc maps large
-# allocations as fresh 4 KB pages: a 64..32 px RS-ResNet-18 step took about 112,000 page faults.
-# With glibc's hugetlb tunable (transparent 2 MB pages, madvised, on the memory malloc maps) it
-# took 5,300 and ran 20% faster (experiments/BENCHMARKS.md). glibc reads tunables only at process
-# start.
+# allocations as fresh 4 KB pages: the page faults cost a small-resolution train step a large
+# share of its time. glibc's hugetlb tunable (transparent 2 MB pages, madvised) removes most of
+# them (experiments/BENCHMARKS.md has the counts and timings). glibc reads tunables only at
+# process start.
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
 HUGE_PAGES_GLIBC = (2, 35)  # the first glibc with that tunable
 NO_RESTART = 'RSNETS_JAX_NO_RESTART'  # set to 1 to keep the process as started
@@ -136,7 +136,8 @@ def config_flag(flag_values, name: str = 'config'):
 
 
 def setup_logging(process_index: int = 0, logger: str = 'rsnets_jax'):
-  """Our progress lines at INFO on process 0; libraries (Orbax, absl) only when something is wrong."""
+  """Our progress lines at INFO on process 0; libraries (Orbax, absl) only when something is
+  wrong."""
   logging.basicConfig(level=logging.WARNING, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
                       force=True)
   logging.getLogger(logger).setLevel(logging.INFO if process_index == 0 else logging.WARNING)

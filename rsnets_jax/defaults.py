@@ -9,13 +9,12 @@ Sections:
   optim  the optimiser and its learning-rate schedule
 The top level holds the loss and the job: seed, length, logging, checkpoints, mode, processes.
 
-`check(config)` says in one line what is wrong with a value, before any work starts; the network's
-fields are checked by `RSNet` itself, the optimiser's by `steps.create_optimizer`.
+`check(config)` says in one line what is wrong with a value, before any work starts, by asking the
+code that owns each value; the network's fields are checked by `RSNet` itself.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from rsnets_jax.errors import CheckpointError, ConfigError
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.activation_bits = 32
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'tfds'              # synthetic | folder | tfds; see rsnets_jax/data.py
+  c.data.dataset = 'tfds'              # synthetic | folder | tfds: a module each in rsnets_jax/data/
   c.data.data_dir = placeholder(str)   # local or gs:// path
   c.data.tfds_name = 'imagenet2012'
   c.data.train_split = placeholder(str)  # None: the source's usual name
@@ -85,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.checkpoint_keep = 3                # the last N, plus the best by the largest resolution's top-1
   c.eval_checkpoint = 'latest'         # latest | best | a step number, for mode=eval
-  c.eval_dir = placeholder(str)        # mode=eval: reports go to <eval_dir>/<step>/ (None: <workdir>/eval)
+  c.eval_dir = placeholder(str)        # mode=eval: reports in <eval_dir>/<step>/ (None: <workdir>/eval)
 
   # Multi-host: jax.distributed.initialize(); on Cloud TPU and SLURM the rest is discovered.
   c.distributed = False
@@ -96,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_quantized_config() -> ml_collections.ConfigDict:
-  """The quantized reference's protocol (../shared/docs/quantization.md, section 3), which the
+  """The quantized reference's protocol (docs/quantization.md, section 3), which the
   configs/*_w2a*.py files start from and give their network and bit widths: Nesterov SGD, lr 0.1
   x0.1 at epochs 30/60/85/95/105 of 120, weight decay 5e-5 on kernels only, tensorpack's crop
   (bicubic) with PCA lighting and one flip, ImageNet mean/std, the smaller views by TF1's
@@ -120,60 +119,13 @@ def get_quantized_config() -> ml_collections.ConfigDict:
   return c
 
 
-MODES = ('train', 'eval')
-
-
 def check(config: ml_collections.ConfigDict):
-  """Raises a ConfigError naming the first field whose value cannot describe a run."""
+  """Raises a one-line ConfigError (or DataError) naming the first field whose value cannot
+  describe a run, before any work. Each rule lives with the code that owns the value."""
   # pylint: disable-next=import-outside-toplevel
-  from rsnets_jax import checkpoint, data, losses, preprocess, steps
-  d = config.data
-  rules = [
-      ('data.batch_size', d.batch_size, d.batch_size >= 1, 'a positive number of images'),
-      ('data.eval_batch_size', d.eval_batch_size, d.eval_batch_size >= 1,
-       'a positive number of images'),
-      ('data.crop_min_area', d.crop_min_area, 0 < d.crop_min_area <= 1, 'in (0, 1]'),
-      ('data.num_workers', d.num_workers, d.num_workers >= 0, '0 (in the main process) or more'),
-      ('data.read_threads', d.read_threads, d.read_threads >= 1, 'at least 1'),
-      ('data.prefetch', d.prefetch, d.prefetch >= 1, 'at least 1'),
-      ('data.flip', d.flip, d.flip in preprocess.FLIPS, f'one of {preprocess.FLIPS}'),
-      ('data.view_resize', d.view_resize, d.view_resize in preprocess.VIEW_RESIZES,
-       f'one of {preprocess.VIEW_RESIZES}'),
-      ('data.lighting', d.lighting, d.lighting >= 0, '0 (off) or more'),
-      ('data.train_crop', d.train_crop, d.train_crop in data.TRAIN_CROPS,
-       f'one of {data.TRAIN_CROPS}'),
-      ('data.interpolation', d.interpolation, d.interpolation in data.INTERPOLATIONS,
-       f'one of {tuple(data.INTERPOLATIONS)}'),
-      ('data.eval_view', d.eval_view, d.eval_view in data.EVAL_VIEWS, f'one of {data.EVAL_VIEWS}'),
-      ('optim.schedule', config.optim.schedule, config.optim.schedule in steps.SCHEDULES,
-       f'one of {steps.SCHEDULES}'),
-      ('optim.weight_decay_on', config.optim.weight_decay_on,
-       config.optim.weight_decay_on in steps.WEIGHT_DECAY_ON, f'one of {steps.WEIGHT_DECAY_ON}'),
-      ('distillation', config.distillation, config.distillation in losses.DISTILLATION,
-       f'one of {losses.DISTILLATION}'),
-      ('num_epochs', config.num_epochs, config.num_epochs > 0, 'positive'),
-      ('max_steps', config.max_steps, config.max_steps >= 0, '0 (num_epochs decides) or more'),
-      ('log_every_steps', config.log_every_steps, config.log_every_steps >= 1, 'at least 1'),
-      ('eval_every_epochs', config.eval_every_epochs, config.eval_every_epochs >= 0,
-       '0 (only at the end) or more'),
-      ('checkpoint_every_steps', config.checkpoint_every_steps,
-       config.checkpoint_every_steps >= 1, 'at least 1'),
-      ('checkpoint_keep', config.checkpoint_keep, config.checkpoint_keep >= 1, 'at least 1'),
-      ('mode', config.mode, config.mode in MODES, f'one of {MODES}'),
-  ]
-  if d.dataset == 'synthetic':
-    rules += [(f'data.{name}', d[name], d[name] >= 1, 'at least 1') for name in
-              ('synthetic_train_size', 'synthetic_val_size', 'synthetic_image_size')]
-  for name, value, ok, expected in rules:
-    if not ok:
-      raise ConfigError(f'config.{name} must be {expected}, got {value!r}')
-  if (d.input_mean is None) != (d.input_std is None):
-    raise ConfigError('give both data.input_mean and data.input_std, or neither')
-  if d.input_std is not None and (len(d.input_mean) != 3 or len(d.input_std) != 3 or
-                                  min(d.input_std) <= 0):
-    raise ConfigError(f'data.input_mean and data.input_std must be 3 values (RGB), the std '
-                      f'positive; got {tuple(d.input_mean)} and {tuple(d.input_std)}')
-  try:
-    checkpoint.parse_which(config.eval_checkpoint)
-  except CheckpointError as e:
-    raise ConfigError(f'config.eval_checkpoint: {e}') from e
+  from rsnets_jax import data
+  from rsnets_jax.train import loop, losses, optim  # pylint: disable=import-outside-toplevel
+  data.check_config(config.data)
+  optim.check_config(config.optim)
+  losses.check_config(config.distillation)
+  loop.check_config(config)

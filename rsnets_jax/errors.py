@@ -3,6 +3,7 @@ exception is a bug and keeps its traceback.
 
 Each also derives from ValueError, so library callers that catch ValueError keep working.
 """
+from typing import Any
 
 
 class UserError(ValueError):
@@ -27,3 +28,10 @@ class TrainingError(UserError):
 
 class ConversionError(UserError):
   """A PyTorch checkpoint that cannot be converted."""
+
+
+def require(ok: bool, field: str, value: Any, expected: str):
+  """The one message of a config rule: a ConfigError 'config.<field> must be <expected>, got
+  <value>' unless `ok`. Each rule lives with the code that owns the value."""
+  if not ok:
+    raise ConfigError(f'config.{field} must be {expected}, got {value!r}')

@@ -29,7 +29,7 @@ def run(config, workdir: str):
               if config[k] is not None}
     jax.distributed.initialize(**kwargs)
   cli.setup_logging(jax.process_index())
-  from rsnets_jax import loop  # pylint: disable=import-outside-toplevel
+  from rsnets_jax.train import loop  # pylint: disable=import-outside-toplevel
   if config.mode == 'train':
     loop.train_and_evaluate(config, workdir)
   else:

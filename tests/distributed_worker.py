@@ -15,27 +15,30 @@ if num_processes > 1:
 
 import numpy as np  # noqa: E402
 
-from rsnets_jax import defaults, steps  # noqa: E402
-from rsnets_jax.network import RSNet  # noqa: E402
+from rsnets_jax import defaults
+from rsnets_jax.train import optim
+from rsnets_jax.train import sharding
+from rsnets_jax.train import step as steps  # noqa: E402
+from rsnets_jax.models import RSNet  # noqa: E402
 
 config = defaults.get_config()
 config.model.update(arch='resnet18', width=0.125, num_classes=4, resolutions=(32, 16))
 config.data.batch_size, config.optim.learning_rate = 16, 0.05
 net = RSNet(**config.model)
-tx, _ = steps.create_optimizer(config.optim, 10, 10)
-mesh = steps.make_mesh()
+optimizer = optim.create_optimizer(config.optim, 10, 10)
+mesh = sharding.make_mesh()
 assert mesh.devices.size == 8, mesh
 init_key, step_key = steps.run_keys(0)
-state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
-step_key = steps.replicate(step_key, mesh)
-step = steps.make_train_step(net, config, 10, 10, mesh)
+state = sharding.replicate(steps.create_train_state(net, optimizer, init_key), mesh)
+step_key = sharding.replicate(step_key, mesh)
+step = steps.make_train_step(net, config, mesh)
 rows = config.data.batch_size // num_processes
 for s in range(2):
   rng = np.random.default_rng(s)
   batch = {'image': rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8),
            'label': rng.integers(0, 4, 16).astype(np.int32)}
   local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
-  state, metrics = step(state, steps.shard_batch(local, mesh), step_key)
+  state, metrics = step(state, sharding.shard_batch(local, mesh), step_key)
 params = jax.tree.map(np.asarray, jax.device_get(state.params))
 if process_id == 0:
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}

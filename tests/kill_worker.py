@@ -39,8 +39,9 @@ def _at(kind: str, step: int) -> bool:
 
 
 def _install_kill_points():
-  from rsnets_jax import checkpoint, steps  # pylint: disable=import-outside-toplevel
-  make_train_step, save = steps.make_train_step, checkpoint.TrainCheckpoints.save
+  from rsnets_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from rsnets_jax.train import loop  # pylint: disable=import-outside-toplevel
+  make_train_step, save = loop.make_train_step, checkpoints.TrainCheckpoints.save
 
   def make_killing_step(*args, **kwargs):
     train_step = make_train_step(*args, **kwargs)
@@ -65,8 +66,8 @@ def _install_kill_points():
       _die()
     return saved
 
-  steps.make_train_step = make_killing_step
-  checkpoint.TrainCheckpoints.save = killing_save
+  loop.make_train_step = make_killing_step
+  checkpoints.TrainCheckpoints.save = killing_save
 
 
 def run(jobs, config_fields: dict, log: str, compilation_cache=None):
@@ -77,8 +78,10 @@ def run(jobs, config_fields: dict, log: str, compilation_cache=None):
   if compilation_cache:
     jax.config.update('jax_compilation_cache_dir', compilation_cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  from rsnets_jax import cli, defaults, loop  # pylint: disable=import-outside-toplevel
+
   from helpers import override  # pylint: disable=import-outside-toplevel
+  from rsnets_jax import cli, defaults  # pylint: disable=import-outside-toplevel
+  from rsnets_jax.train import loop  # pylint: disable=import-outside-toplevel
   cli.setup_logging()
   _install_kill_points()
   config = override(defaults.get_config(), **config_fields)

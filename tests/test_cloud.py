@@ -4,7 +4,7 @@ emulator, the pod command on two jax.distributed processes, a preemption notice,
 No Google account and nothing beyond loopback: tests/gcs_emulator.py serves the Cloud Storage JSON
 API on 127.0.0.1, and `emulator_env` (the one place that does) points every client of the product
 at it. The tfds fixture (tests/data/tfds) is copied into a bucket; the command is the one the
-README gives for a pod slice (configs/tpu_pod.py, run by every host), on a tiny network.
+docs/cloud_tpu.md gives for a pod slice (configs/tpu_pod.py, run by every host), on a tiny network.
 """
 import json
 import os
@@ -23,7 +23,11 @@ pytest.importorskip('gcp_storage_emulator', reason="the test extra: pip install 
 
 # pylint: disable=wrong-import-position
 import rsnets_jax
-from rsnets_jax import checkpoint, cli, defaults, errors, loop, steps
+from rsnets_jax import checkpoints
+from rsnets_jax import cli
+from rsnets_jax import defaults
+from rsnets_jax import errors
+from rsnets_jax.train import loop
 
 from helpers import config_flags, override
 
@@ -206,7 +210,7 @@ def no_work(monkeypatch):
   """Any start of the work (the network's initial state, an evaluation) fails the test."""
   def refuse(*args, **kwargs):
     raise AssertionError('the run started working')
-  monkeypatch.setattr(steps, 'create_train_state', refuse)
+  monkeypatch.setattr(loop, 'create_train_state', refuse)
   monkeypatch.setattr(loop, 'run_eval', refuse)
 
 
@@ -263,7 +267,7 @@ def test_a_damaged_checkpoint_on_a_bucket_is_moved_aside(bucket):
   fs, run = bucket, f'{BUCKET}/runs/damaged'
   for name in ('commit_success.txt', 'meta/metadata', 'model/manifest.ocdbt'):
     fs.pipe(f'{run}/checkpoints/4/{name}', b'not a checkpoint')
-  ckpts = checkpoint.TrainCheckpoints(f'gs://{run}')
+  ckpts = checkpoints.TrainCheckpoints(f'gs://{run}')
   try:
     where = ckpts._set_aside(4)  # pylint: disable=protected-access  # as restore_newest does
   finally:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsnets_jax import conv
+from rsnets_jax.models import conv
 
 # (batch, height, width, Cin, Cout, kernel, stride, groups): tiny, odd and non-square maps, and
 # kernels that overhang the map so far that some taps read padding only.

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import rsnets_jax
-from rsnets_jax import checkpoint, convert
+from rsnets_jax import checkpoints
+from rsnets_jax import convert as convert_command
+from rsnets_jax.checkpoints import pytorch
 
 PAPER = (224, 192, 160, 128, 96)
 # Odd sizes deep in the network (48 -> 24 -> 12 -> 6 -> 3 -> 2) pin the padding arithmetic.
@@ -78,13 +80,13 @@ def test_published_layout_maps_in_full(torch, ref, arch, keys, num_params, probe
     assert state_dict[key].shape == shape, key
 
   net = rsnets_jax.create_model(arch, PAPER, 1000)
-  params, stats = convert.torch_to_jax(state_dict, net)
+  params, stats = pytorch.torch_to_jax(state_dict, net)
   want_params, want_stats = net.init_shapes()
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, np.dtype(x.dtype)), tree)
   assert shapes(params) == shapes(want_params)
   assert shapes(stats) == shapes(want_stats)
   assert sum(x.size for x in jax.tree.leaves(params)) == num_params
-  assert convert.infer_num_classes(state_dict) == 1000
+  assert pytorch.infer_num_classes(state_dict) == 1000
 
 
 # -- converted networks compute what the reference computes ---------------------------------------
@@ -97,11 +99,11 @@ def test_converted_logits_match_pytorch(torch, ref, tmp_path, arch):
   ref.save_reference_checkpoint(model, src, f'parallel_{arch}')
 
   # The class count comes from the classifier's weight.
-  assert convert.main(['--arch', arch, '--src', str(src), '--dst', str(dst),
+  assert convert_command.main(['--arch', arch, '--src', str(src), '--dst', str(dst),
                        '--resolutions', *map(str, RESOLUTIONS)]) == 0
-  net, params, stats = checkpoint.load(dst)
+  net, params, stats = checkpoints.load(dst)
   assert (net.arch, net.resolutions, net.num_classes) == (arch, RESOLUTIONS, NUM_CLASSES)
-  meta = checkpoint.read_meta(dst)
+  meta = checkpoints.read_meta(dst)
   assert meta['converted_from'] == str(src)
   assert meta['source_checkpoint'] == {'arch': f'parallel_{arch}', 'epoch': 120, 'best_acc0': 73.1,
                                        'best_acc': 162.0}
@@ -133,10 +135,10 @@ def test_bare_state_dict(torch, ref, tmp_path):
     assert all(k.startswith(prefix) for k in state_dict)
     src = tmp_path / f'weights{prefix}pth'
     torch.save(state_dict, src)
-    loaded, info = convert.read_torch_checkpoint(src)
-    assert info == {} and convert.infer_num_classes(loaded) == NUM_CLASSES
+    loaded, info = pytorch.read_torch_checkpoint(src)
+    assert info == {} and pytorch.infer_num_classes(loaded) == NUM_CLASSES
     net = rsnets_jax.create_model('resnet18', RESOLUTIONS, NUM_CLASSES)
-    params, stats = convert.torch_to_jax(loaded, net)
+    params, stats = pytorch.torch_to_jax(loaded, net)
     np.testing.assert_array_equal(params['conv1']['kernel'],
                                   model.conv1.module.weight.detach().numpy().transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params['fc']['kernel'], model.fc.module.weight.detach().numpy().T)
@@ -154,7 +156,7 @@ def test_bare_state_dict(torch, ref, tmp_path):
 def test_mobilenet_depthwise_and_block_indices(ref):
   model = ref.randomize(ref.create('mobilenet_v2', NUM_CLASSES, 1), (32,))
   net = rsnets_jax.create_model('mobilenet_v2', (32,), NUM_CLASSES)
-  params, stats = convert.torch_to_jax(numpy_state_dict(model), net)
+  params, stats = pytorch.torch_to_jax(numpy_state_dict(model), net)
   dw = model.features[1].conv[0].module.weight.detach().numpy()  # expansion 1: depthwise first
   assert dw.shape == (32, 1, 3, 3)
   np.testing.assert_array_equal(params['block1']['depthwise_conv']['kernel'],
@@ -175,9 +177,9 @@ def test_refuses_a_checkpoint_that_runs_code(torch, tmp_path, container):
                 'extra': payload}, src)
   else:
     src.write_bytes(pickle.dumps(payload, protocol=2))  # torch's safe unpickler reads protocol 2
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(pytorch.ConversionError,
                      match='refusing to load .*: it needs unsafe unpickling .*posix.system') as e:
-    convert.convert('resnet18', src, tmp_path / 'out')
+    pytorch.convert('resnet18', src, tmp_path / 'out')
   assert '\n' not in str(e.value)
   assert not marker.exists()
   assert not (tmp_path / 'out').exists()
@@ -212,8 +214,8 @@ def test_cli_error_is_one_line_and_nothing_runs(torch, tmp_path):
 def test_a_file_that_is_not_a_checkpoint_is_not_called_dangerous(tmp_path, content, said):
   src = tmp_path / 'model.pth'
   src.write_bytes(content)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.convert('resnet18', src, tmp_path / 'out')
+  with pytest.raises(pytorch.ConversionError) as e:
+    pytorch.convert('resnet18', src, tmp_path / 'out')
   assert str(e.value).startswith(f'{src} {said}'), e.value
   assert 'refusing' not in str(e.value) and '\n' not in str(e.value)
 
@@ -222,15 +224,15 @@ def test_a_truncated_checkpoint_says_so(torch, tmp_path):
   whole, src = tmp_path / 'whole.pth', tmp_path / 'model.pth'
   torch.save({'state_dict': {'alpha': torch.ones(5)}}, whole)
   src.write_bytes(whole.read_bytes()[:200])
-  with pytest.raises(convert.ConversionError) as e:
-    convert.convert('resnet18', src, tmp_path / 'out')
+  with pytest.raises(pytorch.ConversionError) as e:
+    pytorch.convert('resnet18', src, tmp_path / 'out')
   assert str(e.value) == (f'cannot read {src} as a PyTorch checkpoint: PytorchStreamReader failed '
                           f'reading zip archive: failed finding central directory')
 
 
 @pytest.mark.usefixtures('torch')
 def test_missing_file_is_one_line(capsys, tmp_path):
-  status = convert.main(['--arch', 'resnet18', '--src', str(tmp_path / 'nope.pth'),
+  status = convert_command.main(['--arch', 'resnet18', '--src', str(tmp_path / 'nope.pth'),
                          '--dst', str(tmp_path / 'out')])
   assert status == 1
   err = capsys.readouterr().err
@@ -243,8 +245,8 @@ def test_mismatched_keys_are_named(ref):
   state_dict['layer1.0.bn1.bn_3.weight'] = np.ones(64, np.float32)
   state_dict['fc.module.weight'] = np.zeros((NUM_CLASSES, 256), np.float32)
   net = rsnets_jax.create_model('resnet18', RESOLUTIONS, NUM_CLASSES)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.torch_to_jax(state_dict, net)
+  with pytest.raises(pytorch.ConversionError) as e:
+    pytorch.torch_to_jax(state_dict, net)
   message = str(e.value)
   assert '\n' not in message
   assert '1 missing key: layer1.0.bn1.bn_2.running_var' in message
@@ -253,15 +255,15 @@ def test_mismatched_keys_are_named(ref):
 
   # A whole other network: the first few of each kind, and how many more.
   other = numpy_state_dict(ref.create('mobilenet_v2', NUM_CLASSES, len(RESOLUTIONS)))
-  with pytest.raises(convert.ConversionError, match=r'missing keys: .*\(\d+ more\).*unexpected keys'):
-    convert.torch_to_jax(other, net)
+  with pytest.raises(pytorch.ConversionError, match=r'missing keys: .*\(\d+ more\).*unexpected keys'):
+    pytorch.torch_to_jax(other, net)
 
 
 def test_resolution_count_must_match(ref, tmp_path):
   src = tmp_path / 'model.pth'
   ref.save_reference_checkpoint(ref.create('resnet18', NUM_CLASSES, 2), src, 'parallel_resnet18')
-  with pytest.raises(convert.ConversionError, match='trained at 2 resolutions.*--resolutions'):
-    convert.convert('resnet18', src, tmp_path / 'out', RESOLUTIONS)
+  with pytest.raises(pytorch.ConversionError, match='trained at 2 resolutions.*--resolutions'):
+    pytorch.convert('resnet18', src, tmp_path / 'out', RESOLUTIONS)
 
 
 def test_does_not_overwrite_a_directory_unasked(ref, tmp_path):
@@ -269,16 +271,16 @@ def test_does_not_overwrite_a_directory_unasked(ref, tmp_path):
   ref.save_reference_checkpoint(ref.create('resnet18', NUM_CLASSES, 1), src, 'parallel_resnet18')
   dst.mkdir()
   (dst / 'notes.txt').write_text('keep me')
-  with pytest.raises(convert.ConversionError, match='not an empty directory.*--overwrite'):
-    convert.convert('resnet18', src, dst, (32,))
+  with pytest.raises(pytorch.ConversionError, match='not an empty directory.*--overwrite'):
+    pytorch.convert('resnet18', src, dst, (32,))
   assert (dst / 'notes.txt').read_text() == 'keep me'
 
 
 def test_importing_the_converter_does_not_need_torch(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
-  monkeypatch.delitem(sys.modules, 'rsnets_jax.convert')
-  monkeypatch.delattr(rsnets_jax, 'convert', raising=False)
-  fresh = importlib.import_module('rsnets_jax.convert')
-  assert fresh is not convert
+  monkeypatch.delitem(sys.modules, 'rsnets_jax.checkpoints.pytorch')
+  monkeypatch.delattr(rsnets_jax.checkpoints, 'pytorch', raising=False)
+  fresh = importlib.import_module('rsnets_jax.checkpoints.pytorch')
+  assert fresh is not pytorch
   with pytest.raises(fresh.ConversionError, match=r'pip install \.\[torch\]'):
     fresh.read_torch_checkpoint(tmp_path / 'model.pth')

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsnets_jax import data, defaults, synthetic
+from rsnets_jax import data
+from rsnets_jax import defaults
+from rsnets_jax import errors
+from rsnets_jax.data import folder
+from rsnets_jax.data import pipeline
+from rsnets_jax.data import synthetic
+from rsnets_jax.data import transforms
 
 from helpers import override
 
@@ -51,7 +57,7 @@ def test_crop_params_obey_the_area_and_aspect_ranges():
   height, width = 300, 400
   areas, ratios = [], []
   for _ in range(2000):
-    top, left, h, w = data.crop_params(rng, height, width, (0.08, 1.0))
+    top, left, h, w = transforms.crop_params(rng, height, width, (0.08, 1.0))
     assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
     areas.append(h * w / (height * width))
     ratios.append(w / h)
@@ -71,17 +77,17 @@ def test_crop_params_obey_the_area_and_aspect_ranges():
 def test_crop_params_fall_back_to_the_centre_like_torchvision():
   rng = np.random.default_rng(0)
   # A 10 x 1000 strip: no crop of 90-100% of the area fits 3/4..4/3, so the centre crop at 4/3.
-  top, left, h, w = data.crop_params(rng, 10, 1000, (0.9, 1.0))
+  top, left, h, w = transforms.crop_params(rng, 10, 1000, (0.9, 1.0))
   assert (top, h, w) == (0, 10, 13) and left == (1000 - 13) // 2
   # Too tall: the full width, height = round(width / (3/4)).
-  assert data.crop_params(rng, 1000, 10, (0.9, 1.0)) == ((1000 - 13) // 2, 0, 13, 10)
+  assert transforms.crop_params(rng, 1000, 10, (0.9, 1.0)) == ((1000 - 13) // 2, 0, 13, 10)
 
 
 def test_random_resized_crop_is_deterministic_and_sized():
   image = Image.fromarray(synthetic.make_image(0, 'train', 3))
-  a = data.random_resized_crop(image, 32, np.random.default_rng(7))
-  b = data.random_resized_crop(image, 32, np.random.default_rng(7))
-  c = data.random_resized_crop(image, 32, np.random.default_rng(8))
+  a = transforms.random_resized_crop(image, 32, np.random.default_rng(7))
+  b = transforms.random_resized_crop(image, 32, np.random.default_rng(7))
+  c = transforms.random_resized_crop(image, 32, np.random.default_rng(8))
   assert a.shape == (32, 32, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
@@ -89,9 +95,9 @@ def test_random_resized_crop_is_deterministic_and_sized():
 
 def test_random_resized_crop_equals_crop_then_resize():
   image = Image.fromarray(synthetic.make_image(0, 'train', 5))
-  top, left, h, w = data.crop_params(np.random.default_rng(3), 48, 48)
+  top, left, h, w = transforms.crop_params(np.random.default_rng(3), 48, 48)
   want = np.asarray(image.crop((left, top, left + w, top + h)).resize((24, 24), Image.BILINEAR))
-  np.testing.assert_array_equal(data.random_resized_crop(image, 24, np.random.default_rng(3)), want)
+  np.testing.assert_array_equal(transforms.random_resized_crop(image, 24, np.random.default_rng(3)), want)
 
 
 def test_large_jpeg_decodes_at_reduced_scale_for_a_small_crop():
@@ -101,10 +107,10 @@ def test_large_jpeg_decodes_at_reduced_scale_for_a_small_crop():
   Image.fromarray(pixels).save(buffer, 'JPEG', quality=95)
   encoded = buffer.getvalue()
   box = (100, 50, 700, 550)  # 600 x 500 down to 64: a 1/4-scale decode still has >= 64 pixels
-  reduced, reduced_box = data.decode_crop(Image.open(io.BytesIO(encoded)), box, 64)
+  reduced, reduced_box = transforms.decode_crop(Image.open(io.BytesIO(encoded)), box, 64)
   assert reduced.size == (200, 150)
   np.testing.assert_allclose(reduced_box, (25, 12.5, 175, 137.5))
-  fast = data.resize_crop(reduced, reduced_box, 64)
+  fast = transforms.resize_crop(reduced, reduced_box, 64)
   full = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB').crop(box).resize((64, 64),
                                                                                    Image.BILINEAR))
   assert fast.shape == (64, 64, 3)
@@ -118,7 +124,7 @@ def test_eval_view_resizes_the_short_side_and_crops_the_centre():
   # so the square spans [10, 30) and the centre crop starts at round(2.5) = 2: [8, 28) in the view.
   pixels = np.zeros((100, 100, 3), np.uint8)
   pixels[25:75, 25:75] = (255, 0, 0)
-  view = data.eval_view(Image.fromarray(pixels), 35)
+  view = transforms.eval_view(Image.fromarray(pixels), 35)
   assert view.shape == (35, 35, 3) and view.dtype == np.uint8
   red = view[..., 0] > 128
   rows, cols = np.nonzero(red.any(1))[0], np.nonzero(red.any(0))[0]
@@ -132,15 +138,15 @@ def test_eval_view_matches_torchvision_rounding_on_a_non_square_image():
   # Resize(18): width 50 -> 18, height int(18 * 81 / 50) = 29; CenterCrop(16): top round(6.5) = 6.
   resized = image.resize((18, 29), Image.BILINEAR)
   want = np.asarray(resized.crop((1, 6, 17, 22)))
-  np.testing.assert_array_equal(data.eval_view(image, 16), want)
-  assert data.eval_resize_size(224) == 256 and data.eval_resize_size(96) == 109
+  np.testing.assert_array_equal(transforms.eval_view(image, 16), want)
+  assert transforms.eval_resize_size(224) == 256 and transforms.eval_resize_size(96) == 109
 
 
 # -- evaluation batches ---------------------------------------------------------------------------
 
 def test_eval_indices_cover_every_example_once_over_processes():
   for n, batch, count in [(13, 2, 2), (16, 4, 2), (5, 3, 4), (1, 1, 1)]:
-    per_process = [data.eval_indices(n, batch, p, count) for p in range(count)]
+    per_process = [pipeline.eval_indices(n, batch, p, count) for p in range(count)]
     assert len({len(ix) for ix in per_process}) == 1 and len(per_process[0]) % batch == 0
     real = np.concatenate(per_process)
     real = real[real >= 0]
@@ -186,8 +192,8 @@ def test_eval_batches_show_the_reference_views():
   config = make_config(synthetic_val_size=3, eval_batch_size=4)
   batch = next(iter(data.eval_batches(config, (32,), 0, 1)))
   for i in range(3):
-    image = Image.fromarray(synthetic.make_image(data.SYNTHETIC_SEED, 'val', i, 48))
-    np.testing.assert_array_equal(batch['images'][32][i], data.eval_view(image, 32))
+    image = Image.fromarray(synthetic.make_image(synthetic.SyntheticData.SEED, 'val', i, 48))
+    np.testing.assert_array_equal(batch['images'][32][i], transforms.eval_view(image, 32))
   assert batch['mask'].tolist() == [True, True, True, False]
 
 
@@ -277,7 +283,7 @@ def test_folder_source_reads_classes_and_images(tmp_path):
   root = make_folder(tmp_path, classes=('cat', 'ant', 'bee'), per_class=2)
   write_image(root / 'train' / 'bee' / 'x.PNG', fmt='PNG')
   (root / 'train' / 'bee' / 'notes.txt').write_text('not an image')
-  source = data.FolderSource(str(root), 'train')
+  source = folder.FolderSource(str(root), 'train')
   assert source.classes == ('ant', 'bee', 'cat')
   assert len(source) == 7 and sorted(collections.Counter(source.labels).values()) == [2, 2, 3]
   config = make_config(dataset='folder', data_dir=str(root))
@@ -286,23 +292,23 @@ def test_folder_source_reads_classes_and_images(tmp_path):
 
 def test_missing_folder_data_raises_one_helpful_line(tmp_path):
   config = make_config(dataset='folder', data_dir=str(tmp_path / 'nowhere'))
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.train_iterator(config, 0, 1)
   message = first_line_only(error)
   assert str(tmp_path / 'nowhere') in message and 'data_dir' in message
 
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.num_train_examples(make_config(dataset='folder', data_dir=None))
   assert '--config.data.data_dir' in first_line_only(error)
 
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.num_train_examples(make_config(dataset='imagenet'))
   assert 'synthetic' in first_line_only(error)
 
 
 def test_folder_without_val_images_raises(tmp_path):
   root = make_folder(tmp_path, splits=('train',))
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.eval_batches(make_config(dataset='folder', data_dir=str(root)), (16,), 0, 1)
   assert os.path.join(str(root), 'val') in first_line_only(error)
 
@@ -347,7 +353,7 @@ def test_tfds_source_reads_encoded_records(monkeypatch, tmp_path):
 
 def test_unprepared_tfds_data_raises_with_the_build_command(tmp_path):
   config = make_config(dataset='tfds', data_dir=str(tmp_path), tfds_name='imagenet2012')
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.num_train_examples(config)
   message = first_line_only(error)
   assert 'tfds build imagenet2012' in message and '--file_format=array_record' in message
@@ -357,7 +363,7 @@ def test_unprepared_tfds_data_raises_with_the_build_command(tmp_path):
 def test_tfds_data_without_random_access_raises(monkeypatch, tmp_path):
   import tensorflow_datasets as tfds
   monkeypatch.setattr(tfds, 'builder', lambda name, data_dir: FakeTfdsBuilder(random_access=False))
-  with pytest.raises(data.DataError) as error:
+  with pytest.raises(errors.DataError) as error:
     data.num_train_examples(make_config(dataset='tfds', data_dir=str(tmp_path)))
   assert 'array_record' in first_line_only(error)
 
@@ -383,7 +389,7 @@ def test_synthetic_stripes_vanish_at_low_resolution():
   # Stripe energy (pixel spread inside the ellipse) of the striped classes over the plain ones:
   # strong in the 32 px eval view, gone in the 8 px one, where only the colour family is left.
   def spread(index, res):
-    view = data.eval_view(Image.fromarray(synthetic.make_image(0, 'val', index)), res)
+    view = transforms.eval_view(Image.fromarray(synthetic.make_image(0, 'val', index)), res)
     centre = view[3 * res // 8: 5 * res // 8, 3 * res // 8: 5 * res // 8].astype(float)
     return (centre - centre.mean((0, 1))).std()
 
@@ -401,7 +407,7 @@ def test_decoded_source_feeds_the_pipeline_like_the_files(tmp_path):
   (root / 'train' / 'a' / 'broken.jpg').write_bytes(b'not a jpeg')
   config = make_config(dataset='folder', data_dir=str(root), batch_size=4, eval_batch_size=4,
                        resolutions=(24, 16))
-  files = data.FolderSource(str(root), 'train')
+  files = folder.FolderSource(str(root), 'train')
   decoded = data.DecodedSource(files, threads=2)
   assert len(decoded) == len(files) - 1 and decoded.skipped == 1
   assert decoded[0]['image'].dtype == np.uint8 and decoded[0]['image'].shape == (30, 40, 3)
@@ -411,6 +417,6 @@ def test_decoded_source_feeds_the_pipeline_like_the_files(tmp_path):
   from_memory = next(data.train_iterator(config, 0, 1, source=decoded))
   np.testing.assert_array_equal(from_files['image'], from_memory['image'])
   np.testing.assert_array_equal(from_files['label'], from_memory['label'])
-  val = data.DecodedSource(data.FolderSource(str(root), 'val'))
+  val = data.DecodedSource(folder.FolderSource(str(root), 'val'))
   batches = list(data.eval_batches(config, (16,), 0, 1, source=val))
   assert sum(int(b['mask'].sum()) for b in batches) == 8

@@ -13,8 +13,19 @@ import pytest
 from PIL import Image
 
 import rsnets_jax
-from rsnets_jax import (data, deploy, evaluate, export, fold, predict, preprocess, profile,
-                        recalibrate)
+from rsnets_jax import export as export_command
+from rsnets_jax import predict as predict_command
+from rsnets_jax.data import folder
+from rsnets_jax.data import preprocess
+from rsnets_jax.data import transforms
+from rsnets_jax.deploy import export
+from rsnets_jax.deploy import fold
+from rsnets_jax.deploy import formats
+from rsnets_jax.deploy import manifest as manifests
+from rsnets_jax.deploy import predict
+from rsnets_jax.deploy import profile
+from rsnets_jax.train import recalibrate
+from rsnets_jax.train import reports
 
 CLASSES = 10
 # Relative logit error (max |difference| / max |logit|) the issue sets for each file.
@@ -78,7 +89,7 @@ def network(request, tmp_path_factory):
   accuracies = {'count': 100}
   for res, top1, top5 in zip(net.all_resolutions, (80.0, 75.0, 60.0), (99.0, 98.0, 95.0)):
     accuracies.update({f'top1/{res}': top1, f'top5/{res}': top5})
-  table = evaluate.results_table(net, accuracies, net.all_resolutions)
+  table = reports.results_table(net, accuracies, net.all_resolutions)
   with open(workdir / 'results.json', 'w') as f:
     json.dump(table, f)
   return net, params, stats, (mean, std), workdir
@@ -142,7 +153,7 @@ def test_tensorflow_same_padding_folds_and_exports():
   images = np.random.default_rng(4).integers(0, 256, (2, 24, 24, 3), np.uint8)
   want = np.asarray(jax.jit(net.apply)(params, stats[24], preprocess.to_float(images)))
   folded = fold.fold(net, params, stats[24], 24)
-  session = ort.InferenceSession(export.export_onnx(net, folded, 24),
+  session = ort.InferenceSession(formats.export_onnx(net, folded, 24),
                                  providers=['CPUExecutionProvider'])
   assert _relative_error(session.run(None, {'images': images})[0], want) < ONNX_TOLERANCE
 
@@ -165,7 +176,7 @@ def test_class_names_where_the_checkpoint_says_where_they_are(tmp_path):
     (tmp_path / 'train' / name / 'a.jpg').write_bytes(b'')
   folder = {'config': {'data': {'dataset': 'folder', 'data_dir': str(tmp_path)}}}
   assert export.class_names(folder, 2)[0] == ['church', 'tench']
-  assert export.class_names(folder, 3) == (None, f'class folders of {tmp_path / "train"} lists 2 '
+  assert export.class_names(folder, 3) == (None, f'the class folders in {tmp_path} lists 2 '
                                                  f'classes, the network has 3')
   gone = {'config': {'data': {'dataset': 'folder', 'data_dir': str(tmp_path / 'moved')}}}
   assert export.class_names(gone, 2)[0] is None
@@ -177,7 +188,7 @@ def test_class_names_where_the_checkpoint_says_where_they_are(tmp_path):
 def test_manifest(network, exported):
   net, params, _, (mean, std), _ = network
   dst, manifest = exported
-  assert manifest == deploy.read_manifest(dst)
+  assert manifest == manifests.read_manifest(dst)
   rows = {r['resolution']: r for r in manifest['resolutions']}
   assert list(rows) == list(net.all_resolutions) and len(rows) == 3
   assert [rows[r]['trained'] for r in rows] == [True, True, False]
@@ -195,7 +206,7 @@ def test_manifest(network, exported):
   assert manifest['preprocessing']['mean'] == (None if mean is None else list(mean))
   for r in rows.values():
     for entry in r['files'].values():
-      assert deploy.sha256(dst / entry['file']) == entry['sha256']
+      assert manifests.sha256(dst / entry['file']) == entry['sha256']
 
 
 def test_jax_artifact_and_onnx_give_net_apply_logits_at_every_resolution(network, exported,
@@ -239,7 +250,7 @@ def test_profile_measures_every_resolution_and_writes_the_table(network, exporte
   # Throughput at batch 1 too: one compilation per resolution keeps the test short.
   manifest = profile.profile_model(dst, batch=1, iters=3, batch_iters=1, warmup=1,
                                    min_seconds=0, log=lambda _: None)
-  assert manifest == deploy.read_manifest(dst)
+  assert manifest == manifests.read_manifest(dst)
   runtimes = manifest['profile']['runtimes']
   has_ort = importlib.util.find_spec('onnxruntime') is not None
   assert runtimes == ['jax'] + ['onnxruntime'] * has_ort
@@ -258,7 +269,7 @@ def test_profile_measures_every_resolution_and_writes_the_table(network, exporte
   assert cache is None or cache[:-1].isdigit()  # as Linux writes it: '32768K'
   assert (dst / profile.FIGURE).stat().st_size > 0
   # A budget that everything fits: the most accurate.
-  assert deploy.choose_resolution(manifest, latency_ms=1e9) == big
+  assert manifests.choose_resolution(manifest, latency_ms=1e9) == big
 
 
 def _manifest(rows):
@@ -290,27 +301,27 @@ HAND_MADE = _manifest([  # resolution, MACs, top-1, p90 on jax, p90 on onnxrunti
     ({'latency_ms': 2.5, 'macs': 1e9}, 'jax', 96),
 ])
 def test_choose_resolution(budget, runtime, want):
-  assert deploy.choose_resolution(HAND_MADE, runtime=runtime, **budget) == want
+  assert manifests.choose_resolution(HAND_MADE, runtime=runtime, **budget) == want
 
 
 def test_choose_resolution_without_accuracies_takes_the_largest_that_fits():
   manifest = json.loads(json.dumps(HAND_MADE))
   manifest['resolutions'][1]['top1'] = None
-  assert deploy.choose_resolution(manifest, latency_ms=7.5) == 192
-  assert deploy.choose_resolution(manifest, latency_ms=6.0) == 160  # the rest have top-1
+  assert manifests.choose_resolution(manifest, latency_ms=7.5) == 192
+  assert manifests.choose_resolution(manifest, latency_ms=6.0) == 160  # the rest have top-1
 
 
 def test_choose_resolution_errors():
   with pytest.raises(rsnets_jax.UserError, match=r'no resolution fits the budget of 1\.5 ms.*96 px '
                                                  r'2\.00 ms'):
-    deploy.choose_resolution(HAND_MADE, latency_ms=1.5)
+    manifests.choose_resolution(HAND_MADE, latency_ms=1.5)
   with pytest.raises(rsnets_jax.UserError, match=r'no resolution fits the budget of 100M MACs'):
-    deploy.choose_resolution(HAND_MADE, macs=100e6)
+    manifests.choose_resolution(HAND_MADE, macs=100e6)
   unprofiled = {'resolutions': [{k: v for k, v in r.items() if k != 'latency'}
                                 for r in HAND_MADE['resolutions']]}
-  assert deploy.choose_resolution(unprofiled, macs=1e9) == 160
+  assert manifests.choose_resolution(unprofiled, macs=1e9) == 160
   with pytest.raises(rsnets_jax.UserError, match='rsnets_jax.profile'):
-    deploy.choose_resolution(unprofiled, latency_ms=5)
+    manifests.choose_resolution(unprofiled, latency_ms=5)
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -336,13 +347,13 @@ def test_predict_prints_every_readable_image_and_one_line_per_unreadable(network
   paths = [good[0], truncated, good[1], text, tmp_path / 'missing.jpg']
 
   res = net.extra_resolutions[0]  # the added one
-  assert predict.main(['--model', str(dst), f'--resolution={res}', *map(str, paths)]) == 1
+  assert predict_command.main(['--model', str(dst), f'--resolution={res}', *map(str, paths)]) == 1
   out, err = capsys.readouterr()
   lines = out.splitlines()
   assert [line.split(':')[0] for line in lines] == [str(p) for p in good]
   for path, line in zip(good, lines):
     with Image.open(path) as image:
-      view = data.eval_view(image, res)
+      view = transforms.eval_view(image, res)
     x = preprocess.to_float(view[None], mean, std)
     probs = predict.softmax(np.asarray(jax.jit(net.apply)(params, stats[res], x), np.float64)[0])
     order = np.argsort(-probs)[:5]
@@ -362,21 +373,21 @@ def test_predict_by_budget_and_its_errors(network, exported, tmp_path, capsys):
   dst, _ = exported
   image = tmp_path / 'a.jpg'
   _jpeg(image, (32, 32), 2)
-  manifest = deploy.read_manifest(dst)
+  manifest = manifests.read_manifest(dst)
   if 'profile' not in manifest:  # the profile test, which measures the latencies, was not run
     profile.profile_model(dst, batch=1, iters=3, batch_iters=1, warmup=1, min_seconds=0,
                           log=lambda _: None)
-    manifest = deploy.read_manifest(dst)
+    manifest = manifests.read_manifest(dst)
   # The largest resolution fits its own measured latency, and it is the most accurate.
-  budget = deploy.measured_latency(deploy.row(manifest, big), 'jax')
-  assert predict.main(['--model', str(dst), f'--latency-ms={budget}', str(image)]) == 0
+  budget = manifests.measured_latency(manifests.row(manifest, big), 'jax')
+  assert predict_command.main(['--model', str(dst), f'--latency-ms={budget}', str(image)]) == 0
   out, err = capsys.readouterr()
   assert err.startswith(f'resolution {big} px (the most accurate within the budget, ')
   assert out.startswith(f'{image}: {big} px, ')
 
-  assert predict.main(['--model', str(dst), '--latency-ms=1e-6', str(image)]) == 1
-  assert predict.main(['--model', str(dst), '--resolution=20', str(image)]) == 1  # not exported
-  assert predict.main(['--model', str(tmp_path), str(image)]) == 1
+  assert predict_command.main(['--model', str(dst), '--latency-ms=1e-6', str(image)]) == 1
+  assert predict_command.main(['--model', str(dst), '--resolution=20', str(image)]) == 1  # not exported
+  assert predict_command.main(['--model', str(tmp_path), str(image)]) == 1
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 3 and all(e.startswith('python -m rsnets_jax.predict: error: ') for e in err)
   assert 'no resolution fits the budget of 1e-06 ms' in err[0]
@@ -425,7 +436,7 @@ def test_int8_models_are_calibrated_and_measured_on_the_data_set(network, int8_e
   about = manifest['int8']
   assert (about['calibration_images'], about['eval_images'], about['labelled']) == (12, 20, True)
   assert about['data'] == 'data'
-  val = data.FolderSource(str(folders), 'val')
+  val = folder.FolderSource(str(folders), 'val')
   for r in manifest['resolutions']:
     res = r['resolution']
     assert set(r['files']) == {'onnx', 'onnx_int8'}
@@ -437,11 +448,11 @@ def test_int8_models_are_calibrated_and_measured_on_the_data_set(network, int8_e
     # The figures, recomputed: the views predict makes, the int8 file and net.apply.
     views, labels = [], []
     for i in range(len(val)):
-      with data.open_image(val[i]['image']) as image:
-        views.append(data.eval_view(image, res))
+      with transforms.open_image(val[i]['image']) as image:
+        views.append(transforms.eval_view(image, res))
       labels.append(val[i]['label'])
     views, labels = np.stack(views), np.asarray(labels)
-    int8_logits = deploy.load_runtime(dst, manifest, res, 'onnxruntime_int8')(views)
+    int8_logits = manifests.load_runtime(dst, manifest, res, 'onnxruntime_int8')(views)
     float_logits = np.asarray(jax.jit(net.apply)(params, stats[res],
                                                  preprocess.to_float(views, mean, std)))
     got = r['int8']
@@ -485,7 +496,7 @@ def test_int8_without_labels_of_the_network_measures_agreement_only(network, tmp
   row, = manifest['resolutions']
   assert set(row['int8']) == {'images', 'top1_agreement', 'logits_relative_rms_error'}
   assert row['int8']['images'] == 2
-  assert deploy.top1(row, 'onnxruntime_int8') is None and list(row['files']) == ['onnx_int8']
+  assert formats.by_runtime('onnxruntime_int8').top1(row) is None and list(row['files']) == ['onnx_int8']
 
 
 def test_int8_profile_budget_and_predict(network, int8_exported, tmp_path, capsys):
@@ -503,11 +514,11 @@ def test_int8_profile_budget_and_predict(network, int8_exported, tmp_path, capsy
   best = max(manifest['resolutions'], key=lambda r: (r['int8']['top1'],
                                                      -r['latency']['onnxruntime_int8']['p90_ms'],
                                                      -r['macs']))
-  assert deploy.choose_resolution(manifest, latency_ms=1e9,
+  assert manifests.choose_resolution(manifest, latency_ms=1e9,
                                   runtime='onnxruntime_int8') == best['resolution']
   image = tmp_path / 'a.jpg'
   _jpeg(image, (50, 40), 3)
-  assert predict.main(['--model', str(dst), '--runtime=onnxruntime_int8', '--latency-ms=1e9',
+  assert predict_command.main(['--model', str(dst), '--runtime=onnxruntime_int8', '--latency-ms=1e9',
                        str(image)]) == 0
   out, err = capsys.readouterr()
   assert err.startswith(f"resolution {best['resolution']} px (the most accurate within the "
@@ -520,9 +531,9 @@ def test_choose_resolution_on_int8_uses_its_own_accuracy():
   for r, int8_top1 in zip(manifest['resolutions'], (70.0, 72.5, 70.5, 66.0, 61.0)):
     r['int8'] = {'top1': int8_top1}
     r['latency']['onnxruntime_int8'] = {'p50_ms': 1.0, 'p90_ms': r['latency']['jax']['p90_ms'] / 3}
-  assert deploy.choose_resolution(manifest, runtime='onnxruntime_int8') == 192
-  assert deploy.choose_resolution(manifest, latency_ms=2.0, runtime='onnxruntime_int8') == 160
-  assert deploy.choose_resolution(manifest, latency_ms=2.0, runtime='jax') == 96
+  assert manifests.choose_resolution(manifest, runtime='onnxruntime_int8') == 192
+  assert manifests.choose_resolution(manifest, latency_ms=2.0, runtime='onnxruntime_int8') == 160
+  assert manifests.choose_resolution(manifest, latency_ms=2.0, runtime='jax') == 96
 
 
 def test_int8_export_errors_are_one_line_and_touch_nothing(network, tmp_path, capsys):
@@ -536,12 +547,12 @@ def test_int8_export_errors_are_one_line_and_touch_nothing(network, tmp_path, ca
            ['--workdir', str(synthetic_run), '--calibration-images=0'],
            ['--workdir', str(converted), '--data-dir', str(tmp_path / 'none')]]
   for i, call in enumerate(calls):
-    assert export.main([*call, '--dst', str(tmp_path / f'out{i}'), '--formats=onnx_int8']) == 1
+    assert export_command.main([*call, '--dst', str(tmp_path / f'out{i}'), '--formats=onnx_int8']) == 1
     assert not (tmp_path / f'out{i}').exists()
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 4 and all(e.startswith('python -m rsnets_jax.export: error: ') for e in err)
   assert 'records no training data: pass --data-dir' in err[0]
-  assert 'trained on the synthetic one' in err[1]
+  assert 'trained on generated images' in err[1]
   assert '--calibration-images must be at least 1' in err[2]
   assert str(tmp_path / 'none') in err[3]
 
@@ -550,12 +561,12 @@ def test_int8_export_errors_are_one_line_and_touch_nothing(network, tmp_path, ca
 
 def test_export_command_errors_are_one_line(network, tmp_path, capsys):
   *_, workdir = network
-  assert export.main(['--workdir', str(workdir), '--dst', str(tmp_path / 'x'),
+  assert export_command.main(['--workdir', str(workdir), '--dst', str(tmp_path / 'x'),
                       '--resolutions=20']) == 1
   (tmp_path / 'busy').mkdir()
   (tmp_path / 'busy' / 'keep.txt').write_text('mine')
-  assert export.main(['--workdir', str(workdir), '--dst', str(tmp_path / 'busy')]) == 1
-  assert export.main(['--workdir', str(tmp_path / 'nothing'), '--dst', str(tmp_path / 'y')]) == 1
+  assert export_command.main(['--workdir', str(workdir), '--dst', str(tmp_path / 'busy')]) == 1
+  assert export_command.main(['--workdir', str(tmp_path / 'nothing'), '--dst', str(tmp_path / 'y')]) == 1
   err = capsys.readouterr().err.splitlines()
   assert len(err) == 3 and all(e.startswith('python -m rsnets_jax.export: error: ') for e in err)
   assert 'no BatchNorm for [20]' in err[0]

@@ -140,7 +140,8 @@ def test_a_bug_keeps_its_traceback(tmp_path):
   """Only errors a user can cause are one line; anything else is a bug and shows where it is."""
   program = ('import sys\n'
              'from absl import app\n'
-             'from rsnets_jax import cli, loop, main\n'
+             'from rsnets_jax import cli, main\n'
+             'from rsnets_jax.train import loop\n'
              'def broken(*args, **kwargs):\n'
              '  raise ValueError("a bug, not a user error")\n'
              'loop.train_and_evaluate = broken\n'

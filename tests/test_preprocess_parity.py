@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsnets_jax import data, preprocess
+from rsnets_jax.data import preprocess
+from rsnets_jax.data import transforms
 
 # (training resolutions, their largest first): the paper's and configs/imagenette.py's.
 RESOLUTION_SETS = ((224, 192, 160, 128, 96), (128, 112, 96, 80, 64))
@@ -61,7 +62,7 @@ def test_eval_view_is_torchvision_resize_and_center_crop(images, resolutions):
   for array in images:
     image = Image.fromarray(array)
     for res in resolutions:
-      ours = data.eval_view(image, res)
+      ours = transforms.eval_view(image, res)
       want = torchvision_eval(image, res)
       assert ours.shape == (res, res, 3) and ours.dtype == np.uint8
       largest_pixel = max(largest_pixel, int(np.abs(ours.astype(int) - want.astype(int)).max()))

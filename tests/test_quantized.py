@@ -10,8 +10,15 @@ import pytest
 from flax import traverse_util
 
 import rsnets_jax
-from rsnets_jax import data, defaults, models, preprocess, quantizers, steps
-from rsnets_jax.network import RSNet
+from rsnets_jax import defaults
+from rsnets_jax import models
+from rsnets_jax.data import preprocess
+from rsnets_jax.data import transforms
+from rsnets_jax.models import quantizers
+from rsnets_jax.train import optim
+from rsnets_jax.train import sharding
+from rsnets_jax.train import step as steps
+from rsnets_jax.models import RSNet
 
 from helpers import config_flags, override
 from test_main import main
@@ -45,7 +52,7 @@ def test_w2a2_forward_has_at_most_four_values():
 
     def record(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      if isinstance(context.module, models.Quantizer) and context.method_name == '__call__':
+      if isinstance(context.module, quantizers.Quantizer) and context.method_name == '__call__':
         seen[context.module.kind].append(out)
       return out
 
@@ -78,9 +85,9 @@ def test_post_activation_network_zero_inits_last_batchnorm():
 
 
 def test_bit_options_are_checked():
-  with pytest.raises(ValueError, match='needs one of the quantized'):
+  with pytest.raises(ValueError, match='needs a network with weight quantizers'):
     rsnets_jax.create_model('resnet18', weight_bits=2)
-  with pytest.raises(ValueError, match='needs a pre-activation network'):
+  with pytest.raises(ValueError, match='needs a network with activation quantizers'):
     rsnets_jax.create_model('lq_resnet18', weight_bits=2, activation_bits=2)
   with pytest.raises(ValueError, match='bit widths are 1 to 4'):
     rsnets_jax.create_model('lq_resnet18', weight_bits=8)
@@ -98,15 +105,15 @@ def test_train_step_folds_every_resolutions_refit_into_one_shared_state():
   global batch."""
   config = quantized_config()
   net = RSNet(**config.model)
-  mesh = steps.make_mesh(jax.devices()[:8])
-  tx, _ = steps.create_optimizer(config.optim, 4, 4)
-  start = steps.create_train_state(net, tx, jax.random.key(0))
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  optimizer = optim.create_optimizer(config.optim, 4, 4)
+  start = steps.create_train_state(net, optimizer, jax.random.key(0))
   batch = learnable_batch(16, 16, 0)
-  step = steps.make_train_step(net, config, 4, 4, mesh)
+  step = steps.make_train_step(net, config, mesh)
   rng = jax.random.key(3)
   expected_start = jax.device_get(start)
-  state, _ = step(steps.replicate(start, mesh), steps.shard_batch(batch, mesh),
-                  steps.replicate(rng, mesh))
+  state, _ = step(sharding.replicate(start, mesh), sharding.shard_batch(batch, mesh),
+                  sharding.replicate(rng, mesh))
   state = jax.device_get(state)
 
   # The same refit by hand: every resolution's forward at the start-of-step state, then the
@@ -158,8 +165,8 @@ def test_weight_decay_on_kernels_only_and_never_on_quantizers():
   config = quantized_config(weight_decay=0.5, learning_rate=1.0, momentum=0.0)
   net = RSNet(**config.model)
   params, _ = net.init(jax.random.key(0))
-  tx, _ = steps.create_optimizer(config.optim, 4, 4)
-  train = steps.trainable(params)
+  tx, _ = optim.create_optimizer(config.optim, 4, 4)
+  train = models.trainable(params)
   assert 'quantizers' not in train
   zero = jax.tree.map(jnp.zeros_like, train)
   updates, _ = tx.update(zero, tx.init(train), train)
@@ -174,11 +181,11 @@ def test_weight_decay_on_kernels_only_and_never_on_quantizers():
 
 def test_step_schedule():
   config = quantized_config(schedule='steps', decay_epochs=(2, 3), learning_rate=0.1)
-  _, schedule = steps.create_optimizer(config.optim, 40, 10)
+  _, schedule = optim.create_optimizer(config.optim, 40, 10)
   np.testing.assert_allclose([schedule(s) for s in (0, 19, 20, 29, 30, 39)],
                              [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
   config = quantized_config(schedule='steps', decay_epochs=(2,), warmup_epochs=1.0)
-  _, schedule = steps.create_optimizer(config.optim, 40, 10)
+  _, schedule = optim.create_optimizer(config.optim, 40, 10)
   np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 19, 20)],
                              [0.0, 0.05, 0.1, 0.1, 0.01], rtol=1e-6)
 
@@ -223,7 +230,7 @@ def test_googlenet_crop_params():
   rng = np.random.default_rng(0)
   aspects = []
   for _ in range(300):
-    top, left, h, w = data.googlenet_crop_params(rng, 120, 160, (0.08, 1.0))
+    top, left, h, w = transforms.googlenet_crop_params(rng, 120, 160, (0.08, 1.0))
     assert 0 <= top and top + h <= 120 and 0 <= left and left + w <= 160
     assert 0.08 * 0.9 <= h * w / (120 * 160) <= 1.0 + 1e-9
     aspects.append(w / h)
@@ -231,27 +238,27 @@ def test_googlenet_crop_params():
   assert 0.7 < min(aspects) < 0.8 and 1.28 < max(aspects) < 1.43
   assert 0.4 < np.mean(np.array(aspects) > 1) < 0.6
   # Nothing fits a 1000x10 strip (area 0.9 or more): the centred square of the shorter side.
-  assert data.googlenet_crop_params(rng, 10, 1000, (0.9, 1.0)) == (0, 495, 10, 10)
-  a = data.googlenet_crop_params(np.random.default_rng(5), 64, 64)
-  assert a == data.googlenet_crop_params(np.random.default_rng(5), 64, 64)
+  assert transforms.googlenet_crop_params(rng, 10, 1000, (0.9, 1.0)) == (0, 495, 10, 10)
+  a = transforms.googlenet_crop_params(np.random.default_rng(5), 64, 64)
+  assert a == transforms.googlenet_crop_params(np.random.default_rng(5), 64, 64)
 
 
 def test_eval_views_nearest_from_largest():
   from PIL import Image
   pixels = np.random.default_rng(0).integers(0, 255, (40, 50, 3)).astype(np.uint8)
   image = Image.fromarray(pixels)
-  views = data.eval_views(image, (32, 24, 16), 'nearest_from_largest', 'bicubic')
-  big = data.eval_view(image, 32, 'bicubic')
+  views = transforms.eval_views(image, (32, 24, 16), 'nearest_from_largest', 'bicubic')
+  big = transforms.eval_view(image, 32, 'bicubic')
   np.testing.assert_array_equal(views[32], big)
   for res in (24, 16):
     table = preprocess.nearest_tf1_indices(32, res)
     np.testing.assert_array_equal(views[res], big[table][:, table])
   # An added resolution is taken from the largest training resolution's view too.
-  added = data.eval_views(image, (20,), 'nearest_from_largest', 'bicubic', largest=32)
+  added = transforms.eval_views(image, (20,), 'nearest_from_largest', 'bicubic', largest=32)
   np.testing.assert_array_equal(added[20], big[preprocess.nearest_tf1_indices(32, 20)][
       :, preprocess.nearest_tf1_indices(32, 20)])
-  per_res = data.eval_views(image, (32, 24), 'per_resolution')
-  np.testing.assert_array_equal(per_res[24], data.eval_view(image, 24))
+  per_res = transforms.eval_views(image, (32, 24), 'per_resolution')
+  np.testing.assert_array_equal(per_res[24], transforms.eval_view(image, 24))
 
 
 QUANTIZED_RUN = config_flags(dataset='synthetic', num_classes=16, resolutions='(16, 8)',

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsnets_jax import quantizers as Q
+from rsnets_jax.models import quantizers
 
 
 def _codes(nbit, signed):
@@ -112,7 +112,7 @@ def _kernel(rng, shape, scale):
 
 
 def _bases(rng, nbit, cout, kernel_shape):
-  init = Q.init_weight_basis(nbit, kernel_shape)
+  init = quantizers.init_weight_basis(nbit, kernel_shape)
   fitted = (init * rng.uniform(0.5, 2.0, init.shape)).astype(np.float32)
   tied = np.full((nbit, cout), 0.05, np.float32)  # equal levels: the tie rule of the sort
   tied[0, 1::2] = 0.0  # a zero basis entry: every level appears twice
@@ -125,13 +125,13 @@ def test_weight_quantizer_equals_reference(nbit):
   shape = (3, 3, 16, 8)
   w = _kernel(rng, shape, np.sqrt(2.0 / (9 * 8)))
   for name, basis in _bases(rng, nbit, shape[-1], shape).items():
-    levels, _ = Q.sorted_levels(basis, Q.level_codes(nbit, signed=True))
+    levels, _ = quantizers.sorted_levels(basis, quantizers.level_codes(nbit, signed=True))
     # Elements exactly at thresholds: ties must go to the lower level.
     w_tie = w.copy()
     w_tie.reshape(-1, 8)[7] = 0.5 * np.asarray(levels)[0] + 0.5 * np.asarray(levels)[1]
     for kernel in (w, w_tie):
       expect_y, expect_basis = reference_weight(kernel, basis)
-      y, target = jax.jit(Q.quantize_weight)(kernel, basis)
+      y, target = jax.jit(quantizers.quantize_weight)(kernel, basis)
       np.testing.assert_array_equal(np.asarray(y), expect_y, err_msg=name)
       np.testing.assert_allclose(np.asarray(target), expect_basis, rtol=1e-5, atol=1e-7,
                                  err_msg=name)
@@ -143,16 +143,16 @@ def test_weight_quantizer_equals_reference(nbit):
 def test_activation_quantizer_equals_reference(nbit):
   rng = np.random.default_rng(10 + nbit)
   x = np.maximum(rng.normal(0.3, 1.0, (4, 6, 6, 8)), 0).astype(np.float32)  # ReLU outputs
-  init = Q.init_activation_basis(nbit)
+  init = quantizers.init_activation_basis(nbit)
   for basis in (init, (init * rng.uniform(0.6, 1.5, init.shape)).astype(np.float32)):
-    levels, _ = Q.sorted_levels(basis, Q.level_codes(nbit, signed=False))
+    levels, _ = quantizers.sorted_levels(basis, quantizers.level_codes(nbit, signed=False))
     levels = np.asarray(levels)[:, 0]
     x_tie = x.copy()
     x_tie.reshape(-1)[:len(levels) - 1] = 0.5 * levels[:-1] + 0.5 * levels[1:]
     x_tie.reshape(-1)[-1] = levels[-1]
     for inputs in (x, x_tie):
       expect_y, expect_basis, _ = reference_activation(inputs, basis)
-      y, target = jax.jit(Q.quantize_activation)(inputs, basis)
+      y, target = jax.jit(quantizers.quantize_activation)(inputs, basis)
       np.testing.assert_array_equal(np.asarray(y), expect_y)
       np.testing.assert_allclose(np.asarray(target), expect_basis, rtol=1e-5)
       assert len(np.unique(np.asarray(y))) <= 2**nbit
@@ -160,63 +160,63 @@ def test_activation_quantizer_equals_reference(nbit):
 
 def test_initial_levels():
   shape = (3, 3, 64, 128)
-  levels, _ = Q.sorted_levels(Q.init_weight_basis(2, shape), Q.level_codes(2, signed=True))
+  levels, _ = quantizers.sorted_levels(quantizers.init_weight_basis(2, shape), quantizers.level_codes(2, signed=True))
   scale = 0.6745 * np.sqrt(2.0 / (3 * 3 * 128))
   np.testing.assert_allclose(np.asarray(levels)[:, 0], scale * np.array([-1.5, -0.5, 0.5, 1.5]),
                              rtol=1e-6)
-  levels, _ = Q.sorted_levels(Q.init_activation_basis(2), Q.level_codes(2, signed=False))
+  levels, _ = quantizers.sorted_levels(quantizers.init_activation_basis(2), quantizers.level_codes(2, signed=False))
   np.testing.assert_allclose(np.asarray(levels)[:, 0], [0, 0.4497, 0.8993, 1.349], atol=1e-4)
 
 
 def test_moving_average_is_zero_debiased():
-  init = Q.init_weight_basis(2, (3, 3, 4, 4))
+  init = quantizers.init_weight_basis(2, (3, 3, 4, 4))
   target = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]], np.float32)
-  state = Q.init_state(init)
-  one = Q.update_state(state, target)
+  state = quantizers.init_state(init)
+  one = quantizers.update_state(state, target)
   np.testing.assert_allclose(np.asarray(one['basis']), target, rtol=1e-6)  # replaces the init
   basis, biased, step = init, np.zeros_like(init), np.float32(0)
   rng = np.random.default_rng(0)
   for s in range(1, 6):
     # S updates of one target: biased = (1 - 0.9^S) target and basis = target.
-    state = Q.update_state(state, target) if s > 1 else one
+    state = quantizers.update_state(state, target) if s > 1 else one
     np.testing.assert_allclose(np.asarray(state['biased']), (1 - 0.9**s) * target, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(state['basis']), target, rtol=1e-5)
     assert int(state['step']) == s
-  state = Q.init_state(init)
+  state = quantizers.init_state(init)
   for _ in range(4):  # changing targets, against TF's formula
     value = rng.normal(size=init.shape).astype(np.float32)
     basis, biased, step = reference_moving_average(basis, biased, step, value)
-    state = Q.update_state(state, value)
+    state = quantizers.update_state(state, value)
     np.testing.assert_allclose(np.asarray(state['basis']), basis, rtol=1e-5)
 
 
 def test_straight_through_gradients():
   rng = np.random.default_rng(1)
   w = rng.normal(0, 0.1, (3, 3, 4, 6)).astype(np.float32)
-  basis = Q.init_weight_basis(2, w.shape)
+  basis = quantizers.init_weight_basis(2, w.shape)
   upstream = rng.normal(size=w.shape).astype(np.float32)
-  grad = jax.grad(lambda k: jnp.sum(Q.quantize_weight(k, basis)[0] * upstream))(w)
+  grad = jax.grad(lambda k: jnp.sum(quantizers.quantize_weight(k, basis)[0] * upstream))(w)
   np.testing.assert_array_equal(np.asarray(grad), upstream)  # identity, no clipping
 
-  basis = Q.init_activation_basis(2)
-  top = float(np.asarray(Q.sorted_levels(basis, Q.level_codes(2, signed=False))[0])[-1, 0])
+  basis = quantizers.init_activation_basis(2)
+  top = float(np.asarray(quantizers.sorted_levels(basis, quantizers.level_codes(2, signed=False))[0])[-1, 0])
   x = np.array([0.0, 0.3, top - 1e-3, top, top + 1e-3, 5.0], np.float32)
-  grad = jax.grad(lambda a: jnp.sum(Q.quantize_activation(a, basis)[0] * 2.0))(x)
+  grad = jax.grad(lambda a: jnp.sum(quantizers.quantize_activation(a, basis)[0] * 2.0))(x)
   np.testing.assert_array_equal(np.asarray(grad), [2, 2, 2, 2, 0, 0])  # x == top passes
 
 
 def test_degenerate_activation_leaves_state_unchanged():
-  state = Q.init_state(Q.init_activation_basis(2))
-  y, target = Q.quantize_activation(jnp.zeros((2, 4, 4, 3)), state['basis'])
+  state = quantizers.init_state(quantizers.init_activation_basis(2))
+  y, target = quantizers.quantize_activation(jnp.zeros((2, 4, 4, 3)), state['basis'])
   assert not np.all(np.isfinite(np.asarray(target)))  # the reference's solve is singular here
   np.testing.assert_array_equal(np.asarray(y), 0)
-  new = Q.update_state(state, target)
+  new = quantizers.update_state(state, target)
   for key in state:
     np.testing.assert_array_equal(np.asarray(new[key]), np.asarray(state[key]))
 
 
 def test_bit_widths_are_checked():
-  assert Q.quantized(2) and not Q.quantized(32)
+  assert quantizers.quantized(2) and not quantizers.quantized(32)
   for bad in (0, 5, 16):
     with pytest.raises(ValueError, match='bit widths are 1 to 4'):
-      Q.quantized(bad)
+      quantizers.quantized(bad)

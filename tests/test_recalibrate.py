@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 
 import rsnets_jax
-from rsnets_jax import add_resolutions, checkpoint, data, evaluate, preprocess, recalibrate, steps
-from rsnets_jax.network import RESOLUTION_KEY, RSNet
+from rsnets_jax import checkpoints
+from rsnets_jax import data
+from rsnets_jax.checkpoints import pytorch
+from rsnets_jax.data import preprocess
+from rsnets_jax.train import add_resolutions as add_resolutions_job
+from rsnets_jax.train import optim
+from rsnets_jax.train import recalibrate
+from rsnets_jax.train import reports
+from rsnets_jax.train import step as steps
+from rsnets_jax.models import RESOLUTION_KEY, RSNet
 
 from helpers import config_flags, override
 
@@ -183,7 +191,7 @@ def test_checkpoint_round_trip(added, tmp_path, monkeypatch):
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, (params, stats), (params2, stats2))))
   # Checkpoints written before resolutions could be added still load.
   meta = {'network': {k: v for k, v in net2.config().items() if k != 'extra_resolutions'}}
-  assert checkpoint.network_from_meta(meta).all_resolutions == TRAINED
+  assert checkpoints.network_from_meta(meta).all_resolutions == TRAINED
 
 
 def test_reuse_batchnorm_runs_another_size_with_one_resolutions_batchnorm(trained, crops):
@@ -210,11 +218,11 @@ def test_results_table_marks_added_resolutions(added):
   accuracies = {'count': 64, 'top1/ensemble': 60.0, 'top5/ensemble': 90.0}
   for res, top1 in ((32, 55.0), (24, 50.0), (16, 40.0)):
     accuracies.update({f'top1/{res}': top1, f'top5/{res}': top1 + 30})
-  table = evaluate.results_table(net2, accuracies, net2.all_resolutions)
+  table = reports.results_table(net2, accuracies, net2.all_resolutions)
   assert [(r['resolution'], r['trained'], r['top1']) for r in table['rows']] == [
       (32, True, 55.0), (24, False, 50.0), (16, True, 40.0)]
   assert table['ensemble']['macs'] == net2.macs(32) + net2.macs(16)
-  assert '| 24 (not trained) |' in evaluate.markdown(table)
+  assert '| 24 (not trained) |' in reports.markdown(table)
 
 
 def test_invalid_additions(trained, crops):
@@ -230,10 +238,10 @@ def test_invalid_additions(trained, crops):
   with pytest.raises(ValueError, match='extra_resolutions'):
     rsnets_jax.create_model('resnet18', TRAINED, extra_resolutions=(24, 24))
   with pytest.raises(ValueError, match='holds the checkpoint'):
-    add_resolutions.check_destination('/runs/a', '/runs/a/')
+    add_resolutions_job.check_destination('/runs/a', '/runs/a/')
   for dst in ('/runs/a/checkpoints', '/runs/a/checkpoints/2/x'):
     with pytest.raises(ValueError, match='in the training checkpoints'):
-      add_resolutions.check_destination(dst, '/runs/a')
+      add_resolutions_job.check_destination(dst, '/runs/a')
 
 
 @pytest.fixture
@@ -249,7 +257,7 @@ def test_matches_pytorch_recalibration(torch):
   """PyTorch's recipe (momentum=None, reset, train-mode forwards) on the reference network, with
   its new BatchNorm bn_2 given bn_0's affine parameters, gives our statistics in every layer."""
   import torch_reference  # pylint: disable=import-outside-toplevel
-  from rsnets_jax import convert  # pylint: disable=import-outside-toplevel
+
 
   # bn_0 and bn_1 are the trained 32 and 16; bn_2 becomes the added 24.
   model = torch_reference.randomize(torch_reference.create('resnet18', 4, 3), TRAINED + (ADDED,))
@@ -260,7 +268,7 @@ def test_matches_pytorch_recalibration(torch):
     sd = {k.replace(f'.{bn_as_16}.', '.bn_1.'): v for k, v in sd.items()
           if '.bn_1.' not in k and '.bn_2.' not in k or f'.{bn_as_16}.' in k}
     sd['alpha'] = sd['alpha'][:2]
-    return convert.torch_to_jax(sd, rsnets_jax.create_model('resnet18', TRAINED, 4))
+    return pytorch.torch_to_jax(sd, rsnets_jax.create_model('resnet18', TRAINED, 4))
 
   net = rsnets_jax.create_model('resnet18', TRAINED, 4)
   params, stats = to_jax(model.state_dict(), 'bn_1')
@@ -298,11 +306,12 @@ def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
   # A work directory as training leaves it, written by the loop's own checkpointer.
   net, params, stats = trained
   config = small_config()
-  tx, _ = steps.create_optimizer(config.optim, 16, 16)
-  state = steps.TrainState(step=jnp.int32(2), params=params, stats=stats, opt_state=tx.init(params))
+  state = steps.create_train_state(net, optim.create_optimizer(config.optim, 16, 16),
+                                   jax.random.key(0)).replace(step=jnp.int32(2), params=params,
+                                                              stats=stats)
   monkeypatch.chdir(tmp_path)
-  ckpts = checkpoint.TrainCheckpoints('run', async_save=False)  # relative, as users write it
-  ckpts.save(state, {}, checkpoint.model_meta(net, {'config': config.to_dict()}), force=True)
+  ckpts = checkpoints.TrainCheckpoints('run', async_save=False)  # relative, as users write it
+  ckpts.save(state, {}, checkpoints.model_meta(net, {'config': config.to_dict()}), force=True)
   ckpts.close()
   workdir = tmp_path / 'run'
   before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
@@ -352,10 +361,10 @@ def test_recalibrated_bn_check_re_estimates_the_trained_resolutions(trained, tmp
   config = small_config()
   batches, used = data.recalibration_batches(config, net.resolutions, NUM_IMAGES)
   assert used == 48 and len(batches) == 3 and batches[0].shape == (BATCH, 32, 32, 3)
-  mean, std = steps.input_normalisation(config.data)
+  mean, std = preprocess.input_normalisation(config.data)
   stats = {res: recalibrate.recalibrated_stats(net, params, res, batches, used, mean, std)
            for res in net.resolutions}
-  checkpoint.save_model(tmp_path / 'net', net, params, stats, {'config': config.to_dict()})
+  checkpoints.save_model(tmp_path / 'net', net, params, stats, {'config': config.to_dict()})
   table = script.compare(config, tmp_path / 'net', NUM_IMAGES)
   rows = [line.split(' | ') for line in table.splitlines() if line[2:4].isdigit()]
   assert [int(r[0][2:]) for r in rows] == list(TRAINED)

@@ -25,8 +25,17 @@ import pytest
 from PIL import Image
 
 import rsnets_jax
-from rsnets_jax import checkpoint, cli, data, defaults, errors, evaluate, loop, steps
-from rsnets_jax.network import RSNet
+from rsnets_jax import checkpoints
+from rsnets_jax import cli
+from rsnets_jax import data
+from rsnets_jax import defaults
+from rsnets_jax import errors
+from rsnets_jax.data import tfds as tfds_data
+from rsnets_jax.data import transforms
+from rsnets_jax.train import loop
+from rsnets_jax.train import reports
+from rsnets_jax.train import step as steps
+from rsnets_jax.models import RSNet
 
 from helpers import config_flags, override
 import kill_worker
@@ -103,7 +112,7 @@ def refuse_work(monkeypatch):
   """Makes any start of the work (the network's initial state, an evaluation) fail the test."""
   def refuse(*args, **kwargs):
     raise AssertionError('the run started working')
-  monkeypatch.setattr(steps, 'create_train_state', refuse)
+  monkeypatch.setattr(loop, 'create_train_state', refuse)
   monkeypatch.setattr(loop, 'run_eval', refuse)
 
 
@@ -145,7 +154,7 @@ def trained(tmp_path_factory):
     return step
 
   with pytest.MonkeyPatch.context() as patch, recorded_log() as log:
-    patch.setattr(steps, 'make_train_step', recording)
+    patch.setattr(loop, 'make_train_step', recording)
     patch.setattr(loop, 'time', clock)
     accuracies = loop.train_and_evaluate(tiny(), str(workdir))
   _, params, stats = rsnets_jax.load(workdir)
@@ -378,7 +387,7 @@ def test_only_latest_best_or_a_step_number_names_a_checkpoint(trained, capsys, n
   with pytest.raises(errors.CheckpointError, match="not 'bestt'"):
     rsnets_jax.load(workdir, which='bestt')
   for which, step in (('best', 6), ('latest', 6), (4, 4), ('2', 2)):
-    directory, found = checkpoint.find(workdir, which)
+    directory, found = checkpoints.find(workdir, which)
     assert (str(directory), found) == (f'{workdir}/checkpoints/{step}', step)
 
 
@@ -482,12 +491,12 @@ def test_results_md_says_how_many_images_were_skipped():
   net = RSNet('resnet18', (16, 12), 16, 0.125)
   accuracies = {'top1/16': 50.0, 'top5/16': 90.0, 'top1/12': 40.0, 'top5/12': 80.0,
                 'count': 10, 'skipped': 2}
-  table = evaluate.results_table(net, accuracies, net.resolutions)
+  table = reports.results_table(net, accuracies, net.resolutions)
   assert table['skipped_images'] == 2
-  assert evaluate.markdown(table).endswith(
+  assert reports.markdown(table).endswith(
       '10 validation images, each counted once; 2 unreadable images skipped.\n')
-  table = evaluate.results_table(net, {**accuracies, 'skipped': 0}, net.resolutions)
-  assert evaluate.markdown(table).endswith('; none skipped.\n')
+  table = reports.results_table(net, {**accuracies, 'skipped': 0}, net.resolutions)
+  assert reports.markdown(table).endswith('; none skipped.\n')
 
 
 # -- real tfds data ------------------------------------------------------------------------------
@@ -500,12 +509,12 @@ def test_a_data_set_prepared_by_tfds_trains_and_evaluates_through_the_product_pa
   assert 'tensorflow' not in sys.modules  # read without TensorFlow
   # The same numbers from the records themselves, decoded here and run through `apply`.
   net, params, stats = rsnets_jax.load(tmp_path)
-  source = data.TfdsSource('rsnets_tiny', TFDS_DIR, 'validation')
-  images = [data.open_image(source[i]['image']) for i in range(len(source))]
+  source = tfds_data.TfdsSource('rsnets_tiny', TFDS_DIR, 'validation')
+  images = [transforms.open_image(source[i]['image']) for i in range(len(source))]
   labels = np.array([source[i]['label'] for i in range(len(source))])
   assert sorted(labels.tolist()) == sorted(i % 16 for i in range(10))
   for res in net.resolutions:
-    x = jnp.asarray(np.stack([data.eval_view(image, res) for image in images]), jnp.float32) / 255
+    x = jnp.asarray(np.stack([transforms.eval_view(image, res) for image in images]), jnp.float32) / 255
     logits = np.asarray(net.apply(params, stats[res], x))
     top1 = 100.0 * np.mean(logits.argmax(-1) == labels)
     assert accuracies[f'top1/{res}'] == pytest.approx(top1, abs=1e-9)
@@ -566,7 +575,7 @@ def test_a_run_killed_anywhere_reruns_to_the_uninterrupted_parameters(tmp_path, 
     cut_saves += point[0] == 'during' and any('tmp' in name for name in held['checkpoints'])
     assert held['best_step'] is None or held['best_step'] in held['checkpoints']  # a complete one
     _, params, stats = rsnets_jax.load(workdir(i))
-    assert checkpoint.find(workdir(i))[1] == checkpoint.find(workdir(i), 'best')[1] == FINAL_STEP
+    assert checkpoints.find(workdir(i))[1] == checkpoints.find(workdir(i), 'best')[1] == FINAL_STEP
     assert same_trees((params, stats), (want, want_stats)), (i, point)
   assert cut_saves >= 1  # some kill did land inside an asynchronous save
 

@@ -6,8 +6,13 @@ import optax
 import pytest
 
 import rsnets_jax
-from rsnets_jax import defaults, errors, losses, steps
-from rsnets_jax.network import RSNet
+from rsnets_jax import defaults
+from rsnets_jax import errors
+from rsnets_jax.train import losses
+from rsnets_jax.train import optim
+from rsnets_jax.train import sharding
+from rsnets_jax.train import step as steps
+from rsnets_jax.models import RSNet
 
 from helpers import override
 
@@ -34,15 +39,15 @@ def run_steps(config, devices, batches, seed=None):
   """`seed` None: key 0 for both the weights and the steps, the draws this file's tolerances
   were set on; else the keys of a run with that seed."""
   net = RSNet(**config.model)
-  tx, _ = steps.create_optimizer(config.optim, len(batches), len(batches))
-  mesh = steps.make_mesh(devices)
+  optimizer = optim.create_optimizer(config.optim, len(batches), len(batches))
+  mesh = sharding.make_mesh(devices)
   init_key, step_key = ((jax.random.key(0),) * 2 if seed is None else steps.run_keys(seed))
-  state = steps.replicate(steps.create_train_state(net, tx, init_key), mesh)
-  step = steps.make_train_step(net, config, len(batches), len(batches), mesh)
-  step_key = steps.replicate(step_key, mesh)
+  state = sharding.replicate(steps.create_train_state(net, optimizer, init_key), mesh)
+  step = steps.make_train_step(net, config, mesh)
+  step_key = sharding.replicate(step_key, mesh)
   history = []
   for batch in batches:
-    state, metrics = step(state, steps.shard_batch(batch, mesh), step_key)
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), step_key)
     history.append(jax.device_get(metrics))
   return jax.device_get(state), history
 
@@ -71,12 +76,12 @@ def test_one_compiled_step_serves_every_seed_and_the_key_decides_the_flips():
   first, hist_first = run_steps(config, jax.devices(), batches, seed=0)
   other, hist_other = run_steps(config, jax.devices(), batches, seed=1)
   again, hist_again = run_steps(config, jax.devices(), batches, seed=0)
-  net, mesh = RSNet(**config.model), steps.make_mesh(jax.devices())
-  step = steps.make_train_step(net, config, len(batches), len(batches), mesh)
+  net, mesh = RSNet(**config.model), sharding.make_mesh(jax.devices())
+  step = steps.make_train_step(net, config, mesh)
   assert step._cache_size() == 1  # three runs, two seeds, one compilation
   # Not a different recipe: a different distillation is another step.
   assert steps.make_train_step(net, override(config.copy_and_resolve_references(),
-                                             distillation='none'), 2, 2, mesh) is not step
+                                             distillation='none'), mesh) is not step
   jax.tree.map(np.testing.assert_array_equal, first.params, again.params)
   assert hist_first[-1]['loss'] == hist_again[-1]['loss']
   assert hist_first[-1]['loss'] != hist_other[-1]['loss']
@@ -86,14 +91,14 @@ def test_the_flips_come_from_the_key_folded_with_the_step():
   """Same weights and batch, two step keys: the views (and so the loss) differ; the same key at
   the same step gives the same loss, as a resumed run needs."""
   config = tiny_config(distillation='none')
-  net, mesh = RSNet(**config.model), steps.make_mesh(jax.devices()[:1])
-  tx, _ = steps.create_optimizer(config.optim, 4, 4)
-  step = steps.make_train_step(net, config, 4, 4, mesh)
-  batch = steps.shard_batch(learnable_batch(16, 32, 0), mesh)
+  net, mesh = RSNet(**config.model), sharding.make_mesh(jax.devices()[:1])
+  optimizer = optim.create_optimizer(config.optim, 4, 4)
+  step = steps.make_train_step(net, config, mesh)
+  batch = sharding.shard_batch(learnable_batch(16, 32, 0), mesh)
   losses_by_key = []
   for key in (1, 2, 1):
-    state = steps.replicate(steps.create_train_state(net, tx, jax.random.key(0)), mesh)
-    _, metrics = step(state, batch, steps.replicate(jax.random.key(key), mesh))
+    state = sharding.replicate(steps.create_train_state(net, optimizer, jax.random.key(0)), mesh)
+    _, metrics = step(state, batch, sharding.replicate(jax.random.key(key), mesh))
     losses_by_key.append(float(metrics['loss']))
   assert losses_by_key[0] == losses_by_key[2] != losses_by_key[1]
 
@@ -165,13 +170,13 @@ def test_eval_step_counts_masked_batch_exactly():
   config = tiny_config()
   net = RSNet(**config.model)
   params, stats = net.init(jax.random.key(0))
-  mesh = steps.make_mesh()
+  mesh = sharding.make_mesh()
   eval_step = steps.make_eval_step(net, config.data, mesh)
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 4, 16).astype(np.int32)
   images = {r: rng.integers(0, 255, (16, r, r, 3)).astype(np.uint8) for r in (32, 16)}
   mask = np.arange(16) < 11
-  sums = jax.device_get(eval_step(params, stats, steps.shard_batch(
+  sums = jax.device_get(eval_step(params, stats, sharding.shard_batch(
       {'images': images, 'label': labels, 'mask': mask}, mesh)))
   assert sums['count'] == 11
   for r in (32, 16):
@@ -185,13 +190,13 @@ def test_eval_step_counts_masked_batch_exactly():
 def test_a_warmup_as_long_as_the_run_is_a_config_error():
   config = tiny_config(warmup_epochs=1.0, num_epochs=1)
   with pytest.raises(errors.ConfigError, match='warmup_epochs=1.0 .* shorter than num_epochs'):
-    steps.create_optimizer(config.optim, 4, 4)
-  steps.create_optimizer(config.optim, 5, 4)  # one step of cosine is enough
+    optim.create_optimizer(config.optim, 4, 4)
+  optim.create_optimizer(config.optim, 5, 4)  # one step of cosine is enough
 
 
-def test_an_unknown_flip_or_distillation_is_a_config_error_at_the_first_step():
+def test_an_unknown_flip_or_distillation_is_a_config_error_before_any_work():
   for field, value, message in (('flip', 'sideways', 'data.flip must be one of'),
                                 ('distillation', 'all', 'distillation must be one of')):
     config = tiny_config(**{field: value})
     with pytest.raises(errors.ConfigError, match=message):
-      run_steps(config, jax.devices()[:1], [learnable_batch(16, 32, 0)])
+      defaults.check(config)

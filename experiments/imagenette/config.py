@@ -1,8 +1,10 @@
 """Imagenette: RS-ResNet-18 against individually trained networks, one recipe for every row.
 
-    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:gpu
-    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:cpu
-    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:smoke
+    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:cpu \
+        --config.data.data_dir=DIR
+
+DIR holds the photos as class folders (DIR/train/<class>/*, DIR/val/<class>/*): Imagenette from
+https://github.com/fastai/imagenette (the results here used a 128 px copy).
 
 The argument after ':' picks the variant; any field can still be changed on the command line
 (`--config.num_epochs=16`). Within a variant every row (the individually trained networks and the
@@ -48,6 +50,12 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
     raise ValueError(f'unknown variant {variant!r}; choose one of {VARIANTS}')
   c = imagenette_recipe()
   c.variant = variant
+  # The photos as class folders, given on the command line: --config.data.data_dir=DIR with
+  # DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG (https://github.com/fastai/imagenette;
+  # the results here used a 128 px copy, e.g. DIR=../shared/datasets/imagenette-128 on this
+  # project's machines).
+  c.data.dataset = 'folder'
+  c.data.data_dir = None
   c.data.num_workers = 0        # the decoded images stay in this process
 
   # Each row is a run of the product's loop; these are its job settings.

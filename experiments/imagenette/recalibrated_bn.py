@@ -14,20 +14,26 @@ import sys
 
 from absl import app, flags
 
-from rsnets_jax import checkpoint, cli, data, loop, recalibrate, steps
+from rsnets_jax import checkpoints
+from rsnets_jax import cli
+from rsnets_jax import data
+from rsnets_jax.data import preprocess
+from rsnets_jax.train import evaluate
+from rsnets_jax.train import recalibrate
+from rsnets_jax.train import sharding
 from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 
 def compare(config, workdir, num_images: int):
-  net, params, stats = checkpoint.load(workdir, which=config.eval_checkpoint)
-  mean, std = steps.input_normalisation(config.data)
+  net, params, stats = checkpoints.load(workdir, which=config.eval_checkpoint)
+  mean, std = preprocess.input_normalisation(config.data)
   batches, used = data.recalibration_batches(config, net.resolutions, num_images)
   recalibrated = {res: recalibrate.recalibrated_stats(net, params, res, batches, used, mean, std)
                   for res in net.resolutions}
-  mesh = steps.make_mesh()
+  mesh = sharding.make_mesh()
   results = {}
   for name, s in (('running', stats), ('recalibrated', recalibrated)):
-    p, s = steps.replicate((params, s), mesh)
-    results[name] = loop.run_eval(config, net, p, s, mesh)
+    p, s = sharding.replicate((params, s), mesh)
+    results[name] = evaluate.run_eval(config, net, p, s, mesh)
   lines = [f'{workdir}: top-1 (%) on {results["running"]["count"]} validation images, '
            f'statistics re-estimated from {used} training crops', '',
            '| resolution | running statistics | re-estimated statistics |', '| --- | --- | --- |']

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import scipy.stats
 
-from rsnets_jax import evaluate
+from rsnets_jax.train import reports
 
 
 def _mean_loss(config) -> Dict[str, Any]:
@@ -94,7 +94,7 @@ def row_order(tables) -> List[str]:
 
 
 def aggregate(records: List[Dict[str, Any]], ref_net, resolutions) -> Dict[str, Dict[str, Any]]:
-  """Per row: evaluate.results_table of the mean over its seeds, each accuracy with its per-seed
+  """Per row: reports.results_table of the mean over its seeds, each accuracy with its per-seed
   values and, with two seeds or more, their sample standard deviation (`top1_std`)."""
   tables = {}
   for row in dict.fromkeys(r['row'] for r in records):
@@ -104,7 +104,7 @@ def aggregate(records: List[Dict[str, Any]], ref_net, resolutions) -> Dict[str, 
     mean = {k: float(np.mean(v)) for k, v in values.items()}
     mean['count'] = runs[0]['accuracies']['count']
     trained = (max(resolutions),) if row == 'inet_largest' else tuple(resolutions)
-    table = evaluate.results_table(ref_net, mean, resolutions, trained)
+    table = reports.results_table(ref_net, mean, resolutions, trained)
     for entry in table['rows'] + ([table['ensemble']] if 'ensemble' in table else []):
       name = 'ensemble' if entry is table.get('ensemble') else entry['resolution']
       for metric in ('top1', 'top5'):
@@ -255,7 +255,7 @@ def markdown_report(result: Dict[str, Any]) -> str:
     for r in order:
       entry = next(e for e in tables[r]['rows'] if e['resolution'] == res)
       cells.append(_cell(entry) + ('' if entry['trained'] else ' *'))
-    lines.append(f'| {res} | {evaluate.format_macs(macs)} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'| {res} | {reports.format_macs(macs)} | ' + ' | '.join(cells) + ' |')
   ens = [_cell(tables[r].get('ensemble')) if r in RS_ROWS else '-' for r in order]
   lines.append('| ensemble (all) | - | ' + ' | '.join(ens) + ' |')
   lines += ['', f"\\* tested at a size it was not trained at (the {labels['inet_largest']} "
@@ -329,16 +329,16 @@ def write_reports(out: str, result: Dict[str, Any]):
   title = (f"{result['dataset']}: ResNet-18 width {c['model']['width']}, {c['num_epochs']} epochs "
            f"({result['variant']})")
   # Every row trained at the sizes it is tested at: the paper's figure.
-  evaluate.plot({labels[r]: tables[r] for r in row_order(tables) if r != 'inet_largest'},
+  reports.plot({labels[r]: tables[r] for r in row_order(tables) if r != 'inet_largest'},
                 os.path.join(out, 'accuracy_vs_macs.png'), title)
   if 'inet_largest' in tables:
     # Why train at every size: the largest I-Net fed smaller images, beside the I-Nets and the
-    # RS-Net. evaluate.plot draws untrained sizes hollow under the legend 'BatchNorm
+    # RS-Net. reports.plot draws untrained sizes hollow under the legend 'BatchNorm
     # recalibrated'; this network keeps its own BatchNorm at every size, so it is drawn plain and
     # says so by name; its 'ensemble' averages one network's views, not an RS-Net's sizes.
     largest = {k: v for k, v in tables['inet_largest'].items() if k != 'ensemble'}
     largest['rows'] = [{**r, 'trained': True} for r in largest['rows']]
-    evaluate.plot({labels['inets']: tables['inets'],
+    reports.plot({labels['inets']: tables['inets'],
                    f"{labels['inet_largest']}, its BatchNorm at every size": largest,
                    **{labels[r]: tables[r] for r in ('ens_topdown',) if r in tables}},
                   os.path.join(out, 'largest_at_every_size.png'), title)
@@ -390,5 +390,5 @@ def plot_claims(result: Dict[str, Any], path: str, title: str):
   fig.suptitle(title + ': the paper\'s claims' + (' and the controls' if controls else ''),
                fontsize=10)
   fig.tight_layout()
-  evaluate.save_figure(fig, path)
+  reports.save_figure(fig, path)
   plt.close(fig)

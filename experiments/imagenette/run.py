@@ -1,6 +1,7 @@
 """Imagenette: the paper's comparison on real images, every row a run of the product's loop.
 
-    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:cpu
+    PYTHONPATH=. python experiments/imagenette/run.py --config=experiments/imagenette/config.py:cpu \
+        --config.data.data_dir=DIR   # Imagenette's class folders (config.py says where to get them)
 
 Rows (config.seeds says which run, and with which seeds):
   inets        one ResNet-18 per resolution, trained and tested there (an RS-Net with a single
@@ -36,7 +37,13 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import cli, data, evaluate, loop, steps
+from rsnets_jax import cli
+from rsnets_jax import data
+from rsnets_jax.data import folder
+from rsnets_jax.train import evaluate
+from rsnets_jax.train import loop
+from rsnets_jax.train import reports
+from rsnets_jax.train import sharding
 from rsnets_jax.errors import DataError, TrainingError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,13 +61,17 @@ def balanced_subset(num: int, size: int) -> np.ndarray:
 
 def load_sources(config):
   """(train, val) sources of the config's class folders, decoded into memory once."""
+  if not config.data.data_dir:
+    raise DataError('pass the Imagenette photos as --config.data.data_dir=DIR (class folders '
+                    'DIR/train/<class>/ and DIR/val/<class>/, from '
+                    'https://github.com/fastai/imagenette)')
   sources = []
   for split, subset in (('train', config.train_subset), ('val', config.val_subset)):
-    folder = data.FolderSource(config.data.data_dir, split)
-    if len(folder.classes) != config.model.num_classes:
-      raise DataError(f'{config.data.data_dir} has {len(folder.classes)} classes, the config '
+    images = folder.FolderSource(config.data.data_dir, split)
+    if len(images.classes) != config.model.num_classes:
+      raise DataError(f'{config.data.data_dir} has {len(images.classes)} classes, the config '
                       f'{config.model.num_classes}')
-    records = [folder[int(i)] for i in balanced_subset(len(folder), subset)]
+    records = [images[int(i)] for i in balanced_subset(len(images), subset)]
     sources.append(data.DecodedSource(records, config.data.read_threads))
   return tuple(sources)
 
@@ -96,9 +107,9 @@ def at_every_size(config, workdir: str, resolutions, val_source) -> Dict[str, fl
   for res in resolutions:
     if res not in net.all_resolutions:
       net, params, stats = rsnets_jax.reuse_batchnorm(net, params, stats, res, net.resolutions[0])
-  mesh = steps.make_mesh()
-  params, stats = steps.replicate((params, stats), mesh)
-  return loop.run_eval(config, net, params, stats, mesh,
+  mesh = sharding.make_mesh()
+  params, stats = sharding.replicate((params, stats), mesh)
+  return evaluate.run_eval(config, net, params, stats, mesh,
                        data.eval_batches(config, resolutions, source=val_source))
 
 
@@ -184,7 +195,7 @@ def run(config, out: str) -> Dict[str, Any]:
   ref_net = rsnets_jax.RSNet(**config.model)
   tables = report.aggregate(records, ref_net, resolutions)
   result = {
-      'variant': config.variant, 'dataset': evaluate.dataset_name(config.data), 'date': time.strftime('%Y-%m-%d %H:%M %Z'),
+      'variant': config.variant, 'dataset': data.report_name(config.data), 'date': time.strftime('%Y-%m-%d %H:%M %Z'),
       'machine': report.machine(), 'command': ' '.join(sys.argv), 'resolutions': list(resolutions),
       'train_count': len(train_source), 'val_count': len(val_source),
       'config': config.to_dict(), 'data_s': round(data_s, 1), 'runs': records, 'tables': tables,

@@ -1,0 +1,119 @@
+"""BatchNorm recalibration: running a trained RS-Net at a resolution it never saw in training.
+
+Only BatchNorm depends on the resolution. Statistics are re-estimated as PyTorch's
+`momentum=None` recalibration (reset, then train-mode passes): the plain average over batches of
+the batch mean and unbiased variance, with batch statistics normalising, so every layer sees the
+inputs it saw in training. The paper's untrained points (208, 176, 144) were made this way.
+"""
+import dataclasses
+import logging
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from rsnets_jax.data import preprocess
+from rsnets_jax.models import RESOLUTION_KEY, RSNet
+
+DEFAULT_NUM_IMAGES = 2048
+
+log = logging.getLogger('rsnets_jax')
+
+
+def nearest_resolution(resolutions: Sequence[int], res: int) -> int:
+  """The training resolution whose BatchNorm affine parameters a new resolution `res` starts from:
+  the nearest by |r - res|; a tie goes to the larger one (the more accurate of the two)."""
+  return min(resolutions, key=lambda r: (abs(r - res), -r))
+
+
+def copy_affine(params, src: int, res: int):
+  """`params` plus, in every BatchNorm, `scale_{res}` and `bias_{res}` copied from `src`'s."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: copy_affine(v, src, res) for k, v in params.items()}
+  if f'scale_{src}' in params:
+    for name in ('scale', 'bias'):
+      # A copy: two leaves sharing a buffer could not both be donated to a jitted step.
+      out[f'{name}_{res}'] = jnp.array(params[f'{name}_{src}'], copy=True)
+  return out
+
+
+def _images(batch):
+  return batch['image'] if isinstance(batch, dict) else batch
+
+
+def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
+                       num_images: int = DEFAULT_NUM_IMAGES, mean: Optional[Sequence[float]] = None,
+                       std: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+  """`stats[res]` of `net` (tagged, as `net.init` makes it) from `batches` of uint8 images
+  (B, H, W, 3), or dicts of them under 'image' (as `data.train_iterator`), resized and scaled as
+  the training step does. Whole batches until `num_images` are seen; statistics per batch/group."""
+  if num_images < 1:
+    raise ValueError(f'num_images must be positive, got {num_images}')
+  _, shapes = net.init_shapes()
+  totals = {k: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), v)
+            for k, v in shapes[res].items() if k != RESOLUTION_KEY}
+
+  @jax.jit
+  def add_batch(totals, params, images):
+    x = preprocess.to_float(preprocess.resize(images.astype(jnp.float32), res), mean, std)
+    return jax.tree.map(jnp.add, totals, net.batch_moments(params, x))
+
+  num_batches, seen = 0, 0
+  for batch in batches:
+    if seen >= num_images:
+      break
+    images = _images(batch)
+    totals = add_batch(totals, params, images)
+    num_batches += 1
+    seen += int(images.shape[0])
+  if not num_batches:
+    raise ValueError(f'no images to recalibrate BatchNorm at resolution {res}')
+  if seen < num_images:
+    log.warning('recalibrating resolution %d on %d images, fewer than the %d asked for', res, seen,
+                num_images)
+  stats = jax.tree.map(lambda t: t / num_batches, totals)
+  return {RESOLUTION_KEY: jnp.int32(res), **stats}
+
+
+def _extend(net: RSNet, params, res: int, source: int) -> Tuple[RSNet, Any]:
+  """`net` with `res` added and `params` with its BatchNorm affine copied from `source`'s."""
+  res = int(res)
+  if res <= 0:
+    raise ValueError(f'a resolution must be positive, got {res}')
+  if res in net.all_resolutions:
+    kind = 'a training' if res in net.resolutions else 'an added'
+    raise ValueError(f'{res} is already {kind} resolution of this network')
+  if source not in net.resolutions:
+    raise ValueError(f'{source} is not a training resolution of this network {net.resolutions}')
+  net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,))
+  # With a shared BatchNorm one affine pair serves every resolution already.
+  params2 = params if net.shared_bn else copy_affine(params, source, res)
+  want = net2.init_shapes()[0]
+  if jax.tree.structure(params2) != jax.tree.structure(want):
+    raise ValueError(f'params do not fit a {net.arch} with resolutions {net.all_resolutions}')
+  return net2, params2
+
+
+def add_resolution(net: RSNet, params, stats: Dict[int, Any], res: int, batches: Iterable[Any],
+                   num_images: int = DEFAULT_NUM_IMAGES, mean: Optional[Sequence[float]] = None,
+                   std: Optional[Sequence[float]] = None) -> Tuple[RSNet, Any, Dict[int, Any]]:
+  """`(net2, params2, stats2)`: the network extended to the untrained `res` (an extra resolution),
+  its BatchNorm affine copied from `nearest_resolution`, `stats2[res]` by `recalibrated_stats`.
+  Training resolutions, `alpha` and the ensemble are unchanged; no input is modified."""
+  res = int(res)
+  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, res))
+  new_stats = recalibrated_stats(net2, params2, res, batches, num_images, mean, std)
+  return net2, params2, {**stats, res: new_stats}
+
+
+def reuse_batchnorm(net: RSNet, params, stats: Dict[int, Any], res: int,
+                    source: Optional[int] = None) -> Tuple[RSNet, Any, Dict[int, Any]]:
+  """`(net2, params2, stats2)`: the network run at `res` with training resolution `source`'s
+  BatchNorm as it is (default: the nearest): a network simply fed another size, the paper's
+  "I-224" column. `add_resolution` re-estimates the statistics instead."""
+  res = int(res)
+  source = nearest_resolution(net.resolutions, res) if source is None else int(source)
+  net2, params2 = _extend(net, params, res, source)
+  copied = jax.tree.map(lambda x: jnp.array(x, copy=True), net.check_stats(stats[source], source))
+  return net2, params2, {**stats, res: {RESOLUTION_KEY: jnp.int32(res), **copied}}
