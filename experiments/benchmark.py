@@ -6,8 +6,9 @@ anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on t
         --activation-bits 2 [--no-refit]
     PYTHONPATH=. python experiments/benchmark.py --res 64 56 48 40 32 --batch 32 --trace=/tmp/t
 
-The step is the product's own (`steps.make_train_step`: on-device views of every resolution, forward
-and backward through the shared weights, RS-Nets loss, SGD), fed the same uint8 batch at every step.
+The step is the product's own (`rsnets_jax.train.step.make_train_step`: on-device views of every
+resolution, forward and backward through the shared weights, RS-Nets loss, SGD), fed the same
+uint8 batch at every step.
 Fields: `warmup_s` runs from the start of model creation to the end of the first step (state,
 compile, first step); `warmup3_s` to the end of the third warm-up step, the anchor's `warmup_s`
 window (3 steps) plus model creation; `compile_s` traces and compiles the step; `train_img_s` counts
@@ -33,12 +34,9 @@ import time
 import jax
 import numpy as np
 
-from rsnets_jax import cli
-from rsnets_jax import defaults
+from rsnets_jax import cli, defaults
 from rsnets_jax.data import preprocess
-from rsnets_jax.train import optim
-from rsnets_jax.train import sharding
-from rsnets_jax.train import step as steps
+from rsnets_jax.train import optim, sharding, step as steps
 from rsnets_jax.models import RSNet
 
 WARMUP_STEPS = 3  # as the anchor

@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsnets_jax.models import conv
-from rsnets_jax.models import pooling
+from rsnets_jax.models import conv, pooling
 
 Layer = collections.namedtuple('Layer', 'count size cin cout k stride groups')
 

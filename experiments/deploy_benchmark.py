@@ -45,14 +45,9 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import checkpoints
-from rsnets_jax import convert as convert_command
+from rsnets_jax import checkpoints, convert as convert_command
 from rsnets_jax.data import preprocess
-from rsnets_jax.deploy import export
-from rsnets_jax.deploy import fold
-from rsnets_jax.deploy import formats
-from rsnets_jax.deploy import manifest as manifests
-from rsnets_jax.deploy import profile
+from rsnets_jax.deploy import export, fold, formats, manifest as manifests, profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join('runs', 'synthetic_demo')

@@ -16,8 +16,7 @@ if num_processes > 1:
 import numpy as np  # noqa: E402
 
 from rsnets_jax import defaults
-from rsnets_jax.train import optim
-from rsnets_jax.train import sharding
+from rsnets_jax.train import optim, sharding
 from rsnets_jax.train import step as steps  # noqa: E402
 from rsnets_jax.models import RSNet  # noqa: E402
 

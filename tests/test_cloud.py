@@ -23,10 +23,7 @@ pytest.importorskip('gcp_storage_emulator', reason="the test extra: pip install 
 
 # pylint: disable=wrong-import-position
 import rsnets_jax
-from rsnets_jax import checkpoints
-from rsnets_jax import cli
-from rsnets_jax import defaults
-from rsnets_jax import errors
+from rsnets_jax import checkpoints, cli, defaults, errors
 from rsnets_jax.train import loop
 
 from helpers import config_flags, override

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import rsnets_jax
-from rsnets_jax import checkpoints
-from rsnets_jax import convert as convert_command
+from rsnets_jax import checkpoints, convert as convert_command
 from rsnets_jax.checkpoints import pytorch
 
 PAPER = (224, 192, 160, 128, 96)

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsnets_jax import data
-from rsnets_jax import defaults
-from rsnets_jax import errors
-from rsnets_jax.data import folder
-from rsnets_jax.data import pipeline
-from rsnets_jax.data import synthetic
-from rsnets_jax.data import transforms
+from rsnets_jax import data, defaults, errors
+from rsnets_jax.data import folder, pipeline, synthetic, transforms
 
 from helpers import override
 

@@ -13,19 +13,10 @@ import pytest
 from PIL import Image
 
 import rsnets_jax
-from rsnets_jax import export as export_command
-from rsnets_jax import predict as predict_command
-from rsnets_jax.data import folder
-from rsnets_jax.data import preprocess
-from rsnets_jax.data import transforms
-from rsnets_jax.deploy import export
-from rsnets_jax.deploy import fold
-from rsnets_jax.deploy import formats
-from rsnets_jax.deploy import manifest as manifests
-from rsnets_jax.deploy import predict
-from rsnets_jax.deploy import profile
-from rsnets_jax.train import recalibrate
-from rsnets_jax.train import reports
+from rsnets_jax import export as export_command, predict as predict_command
+from rsnets_jax.data import folder, preprocess, transforms
+from rsnets_jax.deploy import export, fold, formats, manifest as manifests, predict, profile
+from rsnets_jax.train import recalibrate, reports
 
 CLASSES = 10
 # Relative logit error (max |difference| / max |logit|) the issue sets for each file.

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsnets_jax.models import conv
-from rsnets_jax.models import pooling
+from rsnets_jax.models import conv, pooling
 
 # (height, width, padding): even, odd, non-square and tiny maps under both paddings.
 SHAPES = [(8, 8, 'symmetric'), (7, 7, 'symmetric'), (6, 5, 'symmetric'), (1, 1, 'symmetric'),

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsnets_jax.data import preprocess
-from rsnets_jax.data import transforms
+from rsnets_jax.data import preprocess, transforms
 
 # (training resolutions, their largest first): the paper's and configs/imagenette.py's.
 RESOLUTION_SETS = ((224, 192, 160, 128, 96), (128, 112, 96, 80, 64))

@@ -10,14 +10,10 @@ import pytest
 from flax import traverse_util
 
 import rsnets_jax
-from rsnets_jax import defaults
-from rsnets_jax import models
-from rsnets_jax.data import preprocess
-from rsnets_jax.data import transforms
+from rsnets_jax import defaults, models
+from rsnets_jax.data import preprocess, transforms
 from rsnets_jax.models import quantizers
-from rsnets_jax.train import optim
-from rsnets_jax.train import sharding
-from rsnets_jax.train import step as steps
+from rsnets_jax.train import optim, sharding, step as steps
 from rsnets_jax.models import RSNet
 
 from helpers import config_flags, override

@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 
 import rsnets_jax
-from rsnets_jax import checkpoints
-from rsnets_jax import data
+from rsnets_jax import checkpoints, data
 from rsnets_jax.checkpoints import pytorch
 from rsnets_jax.data import preprocess
-from rsnets_jax.train import add_resolutions as add_resolutions_job
-from rsnets_jax.train import optim
-from rsnets_jax.train import recalibrate
-from rsnets_jax.train import reports
-from rsnets_jax.train import step as steps
+from rsnets_jax.train import (add_resolutions as add_resolutions_job, optim, recalibrate, reports,
+                              step as steps)
 from rsnets_jax.models import RESOLUTION_KEY, RSNet
 
 from helpers import config_flags, override

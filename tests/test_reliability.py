@@ -25,16 +25,9 @@ import pytest
 from PIL import Image
 
 import rsnets_jax
-from rsnets_jax import checkpoints
-from rsnets_jax import cli
-from rsnets_jax import data
-from rsnets_jax import defaults
-from rsnets_jax import errors
-from rsnets_jax.data import tfds as tfds_data
-from rsnets_jax.data import transforms
-from rsnets_jax.train import loop
-from rsnets_jax.train import reports
-from rsnets_jax.train import step as steps
+from rsnets_jax import checkpoints, cli, data, defaults, errors
+from rsnets_jax.data import tfds as tfds_data, transforms
+from rsnets_jax.train import loop, reports, step as steps
 from rsnets_jax.models import RSNet
 
 from helpers import config_flags, override

@@ -6,12 +6,8 @@ import optax
 import pytest
 
 import rsnets_jax
-from rsnets_jax import defaults
-from rsnets_jax import errors
-from rsnets_jax.train import losses
-from rsnets_jax.train import optim
-from rsnets_jax.train import sharding
-from rsnets_jax.train import step as steps
+from rsnets_jax import defaults, errors
+from rsnets_jax.train import losses, optim, sharding, step as steps
 from rsnets_jax.models import RSNet
 
 from helpers import override

@@ -1,8 +1,10 @@
 """A trained RS-Net at its own training resolutions, with the BatchNorm running statistics it
 learned and with statistics re-estimated the way an added resolution gets them
-(`rsnets_jax.recalibrate.recalibrated_stats`, from training crops, in train mode), side by side.
+(`rsnets_jax.train.recalibrate.recalibrated_stats`, from training crops, in train mode), side by
+side.
 
     PYTHONPATH=. python experiments/imagenette/recalibrated_bn.py --config=configs/imagenette.py \
+        --config.data.dataset=folder --config.data.data_dir=DIR \
         --workdir=runs/imagenette/cpu_long/runs/ens_topdown/seed0 [--num_images=2048]
 
 It separates two causes when an added (never trained) resolution lands below its trained
@@ -14,13 +16,9 @@ import sys
 
 from absl import app, flags
 
-from rsnets_jax import checkpoints
-from rsnets_jax import cli
-from rsnets_jax import data
+from rsnets_jax import checkpoints, cli, data
 from rsnets_jax.data import preprocess
-from rsnets_jax.train import evaluate
-from rsnets_jax.train import recalibrate
-from rsnets_jax.train import sharding
+from rsnets_jax.train import evaluate, recalibrate, sharding
 from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 
 def compare(config, workdir, num_images: int):

@@ -37,13 +37,9 @@ import jax
 import numpy as np
 
 import rsnets_jax
-from rsnets_jax import cli
-from rsnets_jax import data
+from rsnets_jax import cli, data
 from rsnets_jax.data import folder
-from rsnets_jax.train import evaluate
-from rsnets_jax.train import loop
-from rsnets_jax.train import reports
-from rsnets_jax.train import sharding
+from rsnets_jax.train import evaluate, loop, sharding
 from rsnets_jax.errors import DataError, TrainingError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
