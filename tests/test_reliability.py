@@ -547,7 +547,7 @@ def test_a_run_killed_anywhere_reruns_to_the_uninterrupted_parameters(tmp_path, 
   processes += [[(workdir(len(points) - 1), None, None)]]
 
   context = multiprocessing.get_context('forkserver')
-  context.set_forkserver_preload(['kill_worker', 'rsnets_jax.loop', 'tensorboardX',
+  context.set_forkserver_preload(['kill_worker', 'rsnets_jax.train.loop', 'tensorboardX',
                                   'matplotlib.pyplot'])
   # One resolution: the kills test the checkpoints, not the network, and each process then
   # traces half as much (the tests above resume the two-resolution network).
