@@ -328,7 +328,7 @@ def main(argv=None):
   sections = []
   for i, (workdir, dst) in enumerate(networks):
     full_size = i == len(networks) - 1
-    export.export_model(workdir, dst, formats=tuple(formats.FORMATS),
+    export.export_model(workdir, dst, formats=tuple(formats.FORMATS), overwrite=True,
                         data_dir=args.data_dir if full_size else None,
                         eval_images=args.eval_images if full_size else 0)
     manifest = profile.profile_model(dst, batch=args.batch, iters=args.iters)

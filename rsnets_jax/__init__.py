@@ -11,6 +11,15 @@ profile, predict). The top level holds this API, `defaults` (every hyper-paramet
 `storage` (local and gs:// paths), `cli` and one module per command:
 `python -m rsnets_jax.{main,export,profile,predict,convert,add_resolutions}`.
 """
+import sys
+
+from rsnets_jax import cli
+
+_RUN = getattr(sys, 'orig_argv', [])
+if '-m' in _RUN[:-1] and _RUN[_RUN.index('-m') + 1].startswith('rsnets_jax.'):
+  cli.stop_at_once_on_ctrl_c()  # python -m rsnets_jax.<command>: Ctrl-C is one line from here on
+
+# pylint: disable=wrong-import-position
 from rsnets_jax.checkpoints import load, save_model
 from rsnets_jax.errors import CheckpointError, UserError
 from rsnets_jax.models import RSNet, create_model

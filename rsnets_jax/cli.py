@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import sys
 from typing import List, Mapping, Optional, Tuple
 
@@ -68,15 +69,40 @@ def fail(message: str, status: int = 1):
   sys.exit(status)
 
 
+INTERRUPTED = 130  # the shell's status of a process stopped by Ctrl-C
+
+
 def run_command(body, *args, prog: str = '', **kwargs) -> int:
   """`body(*args, **kwargs)` of a command: 0 when it returns; on a UserError, one line
-  '[prog: ]error: <message>' on stderr and 1. Any other exception is a bug and propagates."""
+  '[prog: ]error: <message>' on stderr and 1; on Ctrl-C, one line '[prog: ]interrupted[: how
+  it stopped]' and exit status 130 at once (a compilation left running on a worker thread must
+  not hold the process). Any other exception is a bug and propagates."""
   try:
     body(*args, **kwargs)
   except UserError as e:
     print(f'{prog + ": " if prog else ""}error: {one_line(e)}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt as e:
+    said = one_line(e) if str(e) else ''
+    print(f'{prog + ": " if prog else ""}interrupted{": " + said if said else ""}',
+          file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)  # pylint: disable=protected-access
   return 0
+
+
+def stop_at_once_on_ctrl_c():
+  """Until a command handles Ctrl-C itself (the training loop does), Ctrl-C ends the process at
+  once with one line and status 130, not a traceback from whatever was being imported."""
+  def stop(signum, frame):
+    del signum, frame
+    os.write(2, b'interrupted\n')
+    os._exit(INTERRUPTED)  # pylint: disable=protected-access
+  try:
+    signal.signal(signal.SIGINT, stop)
+  except ValueError:  # not the main thread
+    pass
 
 
 def parse_absl_flags(argv):

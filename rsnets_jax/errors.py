@@ -26,6 +26,10 @@ class TrainingError(UserError):
   """A run that cannot go on, e.g. a non-finite loss."""
 
 
+class StorageError(UserError):
+  """A disk or bucket that refused a write (no space, no quota, no permission)."""
+
+
 class ConversionError(UserError):
   """A PyTorch checkpoint that cannot be converted."""
 

@@ -2,7 +2,7 @@
 
     python -m rsnets_jax.export --workdir=W --dst=D [--resolutions=224,160] [--which=latest]
         [--platforms=cpu,cuda] [--formats=jax,onnx,onnx_int8] [--class-names=FILE]
-        [--data-dir=DIR] [--calibration-images=512] [--eval-images=0]
+        [--data-dir=DIR] [--calibration-images=512] [--eval-images=0] [--overwrite]
 
 `--workdir` is anything `rsnets_jax.load` reads: a work directory, one checkpoint, a converted
 model or an `add_resolutions` output. For each resolution (default: every trained and added one)
@@ -15,6 +15,8 @@ D receives, with that resolution's BatchNorm folded into the convolutions:
                        --data-dir) and evaluated against float32 on `--eval-images` validation
                        images (0: all)
     manifest.json      what each file is, with MACs, accuracy and checksums
+A D that already holds an export is refused unless --overwrite, which replaces it whole: the new
+export is written beside it and swapped in, so no file of the old one stays.
 (rsnets_jax/deploy/export.py; the formats are rsnets_jax/deploy/formats.py's).
 """
 import argparse
@@ -62,12 +64,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='onnx_int8: training images that set the activation ranges')
   parser.add_argument('--eval-images', type=int, default=0,
                       help='onnx_int8: validation images to measure it on (0: all)')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace an export already in --dst (the whole folder)')
   args = parser.parse_args(argv)
 
   def body():
     manifest = export.export_model(args.workdir, args.dst, args.resolutions, args.which,
                                    args.platforms, args.formats, args.class_names, args.data_dir,
-                                   args.calibration_images, args.eval_images)
+                                   args.calibration_images, args.eval_images,
+                                   overwrite=args.overwrite)
     print(f'wrote {len(manifest["resolutions"])} resolutions of RS-{manifest["arch"]} to '
           f'{os.path.abspath(args.dst)}')
   return cli.run_command(body, prog=parser.prog)

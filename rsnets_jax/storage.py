@@ -1,9 +1,11 @@
 """Paths on this machine or in a bucket (gs://...): told apart in one place, and checked before a
 run reads or writes them, each failure one line that says what to do."""
+import errno
 import importlib
 import os
 import re
 import sys
+from typing import NamedTuple, Optional
 
 from etils import epath
 import jax
@@ -95,3 +97,49 @@ def check_writable(directory, fix: str):
     if os.fspath(directory).startswith('gs://'):
       fix = f"grant this machine's service account write access to it, or {fix}"
     raise ConfigError(f'cannot write to {directory} ({reason(e)}): {fix}') from e
+
+
+class Failure(NamedTuple):
+  reason: str  # e.g. 'No space left on device'
+  path: Optional[str]  # the file or directory, when the error says it
+
+
+# errno values that mean the storage refused a write, not a bug: no space, no quota, no
+# permission (lost mid-run), a read-only or failing disk.
+_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+_STATUS = {'RESOURCE_EXHAUSTED': 'no space or quota left', 'PERMISSION_DENIED': 'permission denied'}
+
+
+def _chain(error: BaseException):
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def failure(error: BaseException) -> Optional[Failure]:
+  """The storage failure behind `error` (the first one raised, following what it was raised
+  from), or None when it is not one: a write refused for space, quota or permission, as Python
+  (OSError), TensorStore (Orbax's arrays: 'RESOURCE_EXHAUSTED ... os_error_code=28') or a bucket's
+  client (HTTP 403, 429, 507) says it."""
+  from rsnets_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  found = None
+  for e in _chain(error):
+    if isinstance(e, UserError):
+      return None  # already one line
+    text = str(e)
+    code = getattr(e, 'errno', None) if isinstance(e, OSError) else None
+    match = re.search(r"os_error_code='?(\d+)", text)
+    if match:
+      code = int(match[1])
+    path = getattr(e, 'filename', None) if isinstance(e, OSError) else None
+    quoted = re.findall(r'"((?:/|gs://)[^"]+)"', text)
+    path = path or (quoted[-1] if quoted else None)
+    if code in _REFUSALS:
+      found = Failure(os.strerror(code), path and os.fspath(path))
+    elif any(status in text for status in _STATUS):
+      found = Failure(next(v for k, v in _STATUS.items() if k in text), path)
+    elif getattr(e, 'code', None) in (403, 429, 507) and not isinstance(e, OSError):
+      found = Failure(reason(e), path)
+  return found

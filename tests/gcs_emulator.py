@@ -8,7 +8,7 @@ object reads lack the `x-goog-generation` header, which TensorStore takes as the
 ("Malformed StorageGeneration" once it rereads an OCDBT manifest it wrote), and it ignores the
 preconditions of TensorStore's writes and cached reads (`ifGenerationMatch`,
 `ifGenerationNotMatch`). `_add_generations` adds those three around the package's handlers, as
-Cloud Storage answers them. gcsfs renames (a damaged checkpoint moved aside) with objects.move,
+Cloud Storage answers them, for media and multipart uploads (the run lock's). gcsfs renames (a damaged checkpoint moved aside) with objects.move,
 which the package answers 501, and gcsfs retries that for 30 s before copying instead: `_add_move`
 serves it as a copy and a delete. The listen queue is lengthened: the server answers one request
 at a time and TensorStore opens many connections at once.
@@ -57,8 +57,11 @@ def _add_generations():
 
   def insert_if_generation_matches(request, response, storage, *args, **kwargs):
     name = request.query.get('name')
+    if request.query.get('ifGenerationMatch') is not None:
+      body = request.data  # read before answering; a multipart upload names the object in it
+      if name is None and request.query.get('uploadType') == ['multipart']:
+        name = [body['meta'].get('name')]
     if name is not None and request.query.get('ifGenerationMatch') is not None:
-      request.data  # pylint: disable=pointless-statement  # read the body before answering
       if _failed_precondition(request, _generation(storage, request.params['bucket_name'],
                                                    name[0])):
         response.status = HTTPStatus.PRECONDITION_FAILED

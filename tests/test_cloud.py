@@ -273,3 +273,24 @@ def test_a_damaged_checkpoint_on_a_bucket_is_moved_aside(bucket):
   assert os.fspath(where) == f'gs://{run}/damaged_checkpoints/4'
   assert fs.cat(f'{run}/damaged_checkpoints/4/model/manifest.ocdbt') == b'not a checkpoint'
   assert not fs.exists(f'{run}/checkpoints/4/commit_success.txt')
+
+
+def test_one_writer_per_work_directory_in_a_bucket(bucket):
+  """The lock of tests/test_faults.py on gs://: created only if absent (a generation
+  precondition), a second writer is one line naming the holder, released at the end."""
+  from rsnets_jax.train import lock  # pylint: disable=import-outside-toplevel
+  workdir = f'gs://{BUCKET}/runs/locked'
+  with lock.RunLock(workdir) as held:
+    record = json.loads(bucket.cat(f'{BUCKET}/runs/locked/{lock.LOCK}'))
+    assert record['token'] == held.token and record['pid'] == os.getpid()
+    with pytest.raises(errors.ConfigError, match=rf'{workdir} is being written by another run '
+                                                 rf'\(host {socket.gethostname()}, process '
+                                                 rf'{os.getpid()}, since'):
+      lock.RunLock(workdir).__enter__()
+  assert not bucket.exists(f'{BUCKET}/runs/locked/{lock.LOCK}')
+  # A lock whose holder is gone (its process ended on this host) is taken over.
+  bucket.pipe(f'{BUCKET}/runs/locked/{lock.LOCK}', json.dumps({
+      'host': socket.gethostname(), 'pid': 2**22 + 1, 'started': 0, 'heartbeat': 0,
+      'token': 'old'}).encode())
+  with lock.RunLock(workdir) as held:
+    assert json.loads(bucket.cat(f'{BUCKET}/runs/locked/{lock.LOCK}'))['token'] == held.token

@@ -145,6 +145,26 @@ class _UnretrievedReads(logging.Filter):
                 ('tensorstore' in message or 'orbax' in message))
 
 
+class _FailedSaveNoise(logging.Filter):
+  """Drops what Orbax's threads log about a save that the storage refused (every array's error,
+  then the commit's and the finalisation's): the loop reports it once, in one line."""
+  SIGNS = ('os_error_code', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED')
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (any(sign in message for sign in self.SIGNS) or
+                'background save thread' in message or 'Save Finalize thread' in message)
+
+
+def _quiet_failed_saves():
+  """Installs `_FailedSaveNoise` on the handlers of the root logger, through which Orbax's
+  (absl's) and asyncio's records reach the terminal, and the read echoes' filters."""
+  _quiet_event_loop_noise()
+  for handler in logging.getLogger().handlers:
+    if not any(isinstance(f, _FailedSaveNoise) for f in handler.filters):
+      handler.addFilter(_FailedSaveNoise())
+
+
 def _quiet_event_loop_noise():
   """Silences the late echoes of a failed read ('Event loop is closed', Orbax's other reads,
   asyncio's unretrieved exceptions), which add nothing to its one-line error; all else passes."""
@@ -159,6 +179,8 @@ def _quiet_event_loop_noise():
     error, code = unraisable.exc_value, getattr(unraisable.object, 'cr_code', None)
     if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
       return
+    if _FailedSaveNoise().filter(logging.makeLogRecord({'msg': str(error)})) is False:
+      return  # a refused write of a save, finalised late
     if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
       return  # one of Orbax's reads, finalised after the read that failed
     previous(unraisable)
@@ -236,6 +258,11 @@ def find(path, which: Union[str, int] = 'latest') -> Tuple[epath.Path, Optional[
   path = _path(path)
   if not path.exists():
     raise CheckpointError(f'no checkpoint at {path}')
+  if not path.is_dir():
+    raise CheckpointError(
+        f'{path} is a file; rsnets_jax.load takes a work directory, a run\'s checkpoint directory, '
+        f'one checkpoint, or a directory written by save_model (a PyTorch checkpoint: convert it '
+        f'first with python -m rsnets_jax.convert)')
   if (path / 'model').exists():
     step = int(path.name) if path.name.isdigit() else None
     if isinstance(which, int) and which != step:
@@ -309,6 +336,7 @@ class TrainCheckpoints:
   def __init__(self, workdir, keep: int = 3, best_metric: Optional[str] = None,
                async_save: bool = True):
     self.directory = _path(workdir) / CHECKPOINT_SUBDIR
+    _quiet_failed_saves()
     self.best_metric = best_metric
     self._pending_best: Optional[Tuple[int, float]] = None
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
@@ -418,10 +446,21 @@ class TrainCheckpoints:
       multihost_utils.sync_global_devices(f'rsnets_jax set aside {step}')
     return target
 
+  def check_for_errors(self):
+    """Raises the error of an asynchronous save that failed since the last call (at once, not at
+    the next save)."""
+    self.manager.check_for_errors()
+
   def wait(self):
     self.manager.wait_until_finished()
     self._note_best()
 
-  def close(self):
-    self.wait()
-    self.manager.close()
+  def close(self, quiet: bool = False):
+    """Waits for the last save and closes; `quiet` (the run is already stopping on an error)
+    drops a failure of that save, which the first error already explains."""
+    try:
+      self.wait()
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not quiet:
+        raise

@@ -41,6 +41,9 @@ class FolderSource:
     for label, name in enumerate(classes):
       class_dir = os.path.join(folder, name)
       names = _list_images(class_dir) if os.path.isdir(class_dir) else ()
+      if os.path.isdir(class_dir) and not names:
+        raise DataError(f'class folder {class_dir} has no images '
+                        f'({", ".join(transforms.IMAGE_EXTENSIONS)}): add its images or remove it')
       self.files.extend(os.path.join(class_dir, f) for f in names)
       self.labels.extend([label] * len(names))
     if not self.files:

@@ -12,6 +12,8 @@ accuracy in the manifest).
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, Optional, Sequence
 
 from etils import epath
@@ -104,20 +106,28 @@ def parameter_count(folded) -> int:
 
 # -- the command -----------------------------------------------------------------------------------
 
-def _prepare_destination(dst: str):
-  """Creates `dst`, or clears an earlier export there; refuses any other non-empty directory."""
+def _check_destination(dst: str, overwrite: bool):
+  """Refuses a `dst` that is a file, that holds something other than an export, or that holds an
+  export when `overwrite` is not set."""
+  if os.path.exists(dst) and not os.path.isdir(dst):
+    raise ConfigError(f'--dst {dst} is a file')
   if os.path.isdir(dst) and os.listdir(dst):
     if not os.path.exists(os.path.join(dst, manifests.MANIFEST)):
       raise ConfigError(f'--dst {dst} is not empty and holds no export; choose another directory')
-    for r in manifests.read_manifest(dst).get('resolutions', []):
-      for entry in r.get('files', {}).values():
-        path = os.path.join(dst, entry['file'])
-        if os.path.exists(path):
-          os.remove(path)
-    os.remove(os.path.join(dst, manifests.MANIFEST))
-  elif os.path.exists(dst) and not os.path.isdir(dst):
-    raise ConfigError(f'--dst {dst} is a file')
-  os.makedirs(dst, exist_ok=True)
+    if not overwrite:
+      raise ConfigError(f'--dst {dst} already holds an export; pass --overwrite to replace it')
+
+
+def _swap_in(written: str, dst: str):
+  """Puts the finished export `written` (a folder beside `dst`) in the place of `dst`, replacing
+  a previous export whole: no file of it (a latency table, a figure) stays behind."""
+  if os.path.isdir(dst):
+    old = f'{written}.old'
+    os.rename(dst, old)
+    os.rename(written, dst)
+    shutil.rmtree(old)
+  else:
+    os.rename(written, dst)
 
 
 @dataclasses.dataclass
@@ -138,9 +148,10 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
                  formats: Sequence[str] = export_formats.DEFAULT_FORMATS,
                  names_file: Optional[str] = None, data_dir: Optional[str] = None,
                  calibration_images: int = int8.DEFAULT_CALIBRATION_IMAGES,
-                 eval_images: int = 0, log=print) -> Dict[str, Any]:
+                 eval_images: int = 0, overwrite: bool = False, log=print) -> Dict[str, Any]:
   """Exports the network in `workdir` (anything `rsnets_jax.load` reads) to `dst` in the export
-  formats `formats` (see the module docstring); returns the manifest."""
+  formats `formats` (see the module docstring); returns the manifest. An export already in `dst`
+  is replaced whole with `overwrite` (written beside it first, then swapped in), else refused."""
   asked = tuple(formats)
   if not asked or set(asked) - set(export_formats.FORMATS):
     raise ConfigError(f'--formats must name some of {tuple(export_formats.FORMATS)}, got {asked}')
@@ -157,14 +168,35 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
                       f'{list(net.all_resolutions)}); add them first with python -m '
                       f'rsnets_jax.add_resolutions')
   fold.conv_bn_pairs(net)  # a network that cannot be folded stops here, before dst is touched
+  dst = os.path.abspath(os.fspath(dst))
+  _check_destination(dst, overwrite)
   mean, std = _normalisation(meta)
   export = Export(net, meta, mean, std, platforms, data_dir, calibration_images, eval_images)
   # Every format to make, those another one reads first; each checks what it needs here.
   made_formats = [name for name in export_formats.FORMATS if name in asked or
                   any(name in export_formats.FORMATS[a].requires for a in asked)]
   writers = {name: export_formats.FORMATS[name].writer(export) for name in made_formats}
-  dst = os.fspath(dst)
-  _prepare_destination(dst)
+  parent, name = os.path.split(dst)
+  os.makedirs(parent, exist_ok=True)
+  final, dst = dst, tempfile.mkdtemp(prefix=f'.{name}.', suffix='.export', dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(dst, 0o777 & ~umask)  # as a new directory, not mkdtemp's 0700
+  try:
+    manifest = _write(export, writers, asked, workdir, which, params, stats, resolutions,
+                      names_file, platforms, dst, log)
+    manifests.write_manifest(dst, manifest)
+    _swap_in(dst, final)
+  except BaseException:
+    shutil.rmtree(dst, ignore_errors=True)
+    raise
+  return manifest
+
+
+def _write(export: Export, writers, asked, workdir, which, params, stats, resolutions, names_file,
+           platforms, dst: str, log) -> Dict[str, Any]:
+  """Every file of the export into `dst`; returns its manifest."""
+  net, meta, mean, std = export.net, export.meta, export.mean, export.std
   accuracy = _results_rows(workdir, which)
   names, names_source = class_names(meta, net.num_classes, names_file)
   rows = []
@@ -207,5 +239,4 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
     about = export_formats.FORMATS[name].about(writers[name])
     if about is not None:
       manifest[export_formats.FORMATS[name].accuracy_key] = about
-  manifests.write_manifest(dst, manifest)
   return manifest

@@ -4,9 +4,11 @@ model at batch 1, one line per image."""
 
 import sys
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from rsnets_jax import cli, data
 from rsnets_jax.deploy import manifest as manifests
@@ -56,9 +58,13 @@ def predict(model_dir, images: Sequence[str], resolution: Optional[int] = None,
   for path in images:
     start = time.perf_counter()
     try:
-      with data.open_image(path) as image:
-        view = data.eval_view(image, res)
-    except data.DECODE_ERRORS as e:  # includes a missing file (OSError)
+      with warnings.catch_warnings():
+        # An image over PIL's pixel limit is refused (PIL itself refuses those over twice it),
+        # not decoded with a warning.
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        with data.open_image(path) as image:
+          view = data.eval_view(image, res)
+    except (*data.DECODE_ERRORS, Image.DecompressionBombWarning) as e:  # a missing file too
       print(f'error: {path}: cannot read the image ({type(e).__name__}: {cli.one_line(e)})',
             file=sys.stderr)
       failed += 1

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any, Dict, Iterable, Iterator, Optional
 
@@ -28,10 +29,12 @@ import ml_collections
 import numpy as np
 
 from rsnets_jax import checkpoints, data, defaults, storage
-from rsnets_jax.errors import CheckpointError, ConfigError, TrainingError, require
+from rsnets_jax.errors import (CheckpointError, ConfigError, StorageError, TrainingError,
+                               require)
 from rsnets_jax.models import RSNet
 from rsnets_jax.train import losses, optim, sharding
 from rsnets_jax.train.evaluate import run_eval
+from rsnets_jax.train.lock import RunLock
 from rsnets_jax.train.reports import report
 from rsnets_jax.train.step import create_train_state, make_train_step, run_keys
 
@@ -80,6 +83,43 @@ def check_same_network(workdir, net: RSNet):
   flags = ' '.join(f'--config.model.{k}={_flag_value(old_fields[k])}' for k in differ)
   raise ConfigError(f'{workdir} holds checkpoints of another network ({where}: {said}): use '
                     f'another --workdir, or its own config: {flags}')
+
+
+# What a step is: a resume with another value would not continue the same run.
+SCHEDULE_FIELDS = ('data.batch_size', 'num_epochs', 'seed', 'distillation', 'optim')
+
+
+def _flat(config_dict, prefix=''):
+  out = {}
+  for key, value in config_dict.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def check_same_schedule(ckpts, step: int, config, steps_per_epoch: int):
+  """A ConfigError when the checkpoint of `step` was trained with another batch size, length,
+  seed, distillation, optimiser or number of steps per epoch than `config` asks: resuming would
+  mislabel the run (epochs, schedule) or change what its steps mean. `max_steps` may change."""
+  meta = checkpoints.read_meta(ckpts.directory / str(step))
+  stored = _flat(meta.get('config') or {})
+  if not stored:
+    return  # a checkpoint without its config: nothing to compare
+  here = _flat(config.to_dict())
+  names = [k for k in here if any(k == f or k.startswith(f + '.') for f in SCHEDULE_FIELDS)]
+  pairs = [(k, here[k], stored[k]) for k in names if k in stored and stored[k] != here[k]]
+  if 'steps_per_epoch' in meta and meta['steps_per_epoch'] != steps_per_epoch:
+    pairs.append(('(steps per epoch: training images // data.batch_size)', steps_per_epoch,
+                  meta['steps_per_epoch']))
+  if pairs:
+    field, new, old = pairs[0]
+    fix = (f'resume with --config.{field}={_flag_value(old)}' if not field.startswith('(')
+           else 'resume on the same training set')
+    raise ConfigError(f'{ckpts.directory} was trained with another schedule: config.{field} is '
+                      f'{new} here, {old} in its checkpoints; {fix}, or start in another '
+                      f'--workdir'.replace('config.(', '('))
 
 
 def _check_batches(config, names=('batch_size', 'eval_batch_size')):
@@ -143,36 +183,71 @@ def train_scalars(metric_sums, count: int) -> Dict[str, float]:
   return {k: 100.0 * v if k.startswith('top1/') else v for k, v in scalars.items()}
 
 
-class Preemption:
-  """Turns SIGTERM (and SIGINT) into a request to save and stop at the next step boundary.
+class Interrupted(KeyboardInterrupt):
+  """The user's Ctrl-C, after the run stopped at a safe point; commands exit 130."""
 
-  With several processes a signal reaches one of them (a pod host's preemption notice, a `kill`),
-  yet all must save at the same step. There SIGTERM is left to JAX's preemption service (started
-  by jax.distributed): it tells every process, and `manager.reached_preemption` turns true on all
-  of them at the same step. A handler here would take the signal from it: the process that got it
-  would save alone while the others wait in their next collective, until the coordination service
-  aborts them all. SIGINT stays Python's: it stops the process that gets it."""
+
+class StopSignals:
+  """SIGTERM and Ctrl-C, turned into a stop at the next step boundary.
+
+  SIGTERM (or a TPU preemption notice) is a preemption request: save, stop, exit 0, resume later.
+  The first Ctrl-C stops at the next safe point too, with a checkpoint when a step ran since the
+  last one, and raises `Interrupted`; Ctrl-C goes back to the system's default then, so a second
+  one stops the process at once. Long waits (compiling, evaluating) run on a worker thread while
+  this one waits (`wait`), so that Ctrl-C is seen during them.
+
+  With several processes a signal reaches one of them, yet all must stop at the same step: there
+  SIGTERM is left to JAX's preemption service (started by jax.distributed), which tells every
+  process, and `manager.reached_preemption` turns true on all of them at the same step; and
+  Ctrl-C keeps Python's default."""
 
   def __init__(self):
-    self.requested = False
+    self.preempted = self.interrupted = False
     self._previous = {}
     if jax.process_count() > 1:
       return
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, handler in ((signal.SIGTERM, self._preempt), (signal.SIGINT, self._interrupt)):
       try:
-        self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[sig] = signal.signal(sig, handler)
       except ValueError:  # not in the main thread
         pass
 
-  def _handle(self, signum, frame):
-    del frame
-    log.warning('signal %d received: saving a checkpoint and stopping', signum)
-    self.requested = True
+  def _preempt(self, signum, frame):
+    del signum, frame
+    log.warning('SIGTERM received (a preemption request): saving a checkpoint and stopping')
+    self.preempted = True
+
+  def _interrupt(self, signum, frame):
+    del signum, frame
+    log.warning('interrupted (Ctrl-C): stopping at the next step, with a checkpoint; Ctrl-C again '
+                'stops at once')
+    self.interrupted = True
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
   def should_stop(self, step: int, manager) -> bool:
-    # On a TPU pod every host must agree; Orbax's manager also sees the platform's preemption
-    # notice.
-    return self.requested or manager.reached_preemption(step)
+    # On a TPU pod every host must agree; Orbax's manager also sees the platform's notice.
+    return self.preempted or self.interrupted or manager.reached_preemption(step)
+
+  def wait(self, fn, *args):
+    """`fn(*args)`, run on a worker thread; `Interrupted` as soon as Ctrl-C comes (the worker is
+    left to finish on its own)."""
+    outcome = {}
+
+    def work():
+      try:
+        outcome['value'] = fn(*args)
+      except BaseException as e:  # pylint: disable=broad-except  # re-raised in this thread
+        outcome['error'] = e
+
+    worker = threading.Thread(target=work, daemon=True, name='rsnets_jax-wait')
+    worker.start()
+    while worker.is_alive():
+      worker.join(0.1)
+      if self.interrupted:
+        raise Interrupted()
+    if 'error' in outcome:
+      raise outcome['error']
+    return outcome['value']
 
   def restore(self):
     for sig, handler in self._previous.items():
@@ -214,9 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   net = RSNet(**config.model)
   _check_batches(config)
   check_same_network(workdir, net)
-  owns_input = train_iter is None
   batch_size = config.data.batch_size
-  if owns_input:
+  if train_iter is None:
     num_train = data.num_train_examples(config)
     data.check_num_classes(config, net.num_classes)
     steps_per_epoch = num_train // batch_size
@@ -229,15 +303,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       eval_batches, 'num_examples', '?')
   total_steps = config.max_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
   schedule_steps = int(config.num_epochs * steps_per_epoch)
-  optimizer = optim.create_optimizer(config.optim, schedule_steps, steps_per_epoch)
+  optim.create_optimizer(config.optim, schedule_steps, steps_per_epoch)  # its checks, before work
   storage.check_writable(workdir, 'choose another --workdir')
   log.info('training %s on %s: %s training images (%d steps per epoch), %s validation images',
-           _describe(net), data.describe(config.data) if owns_input else 'the given input',
-           num_train if owns_input else steps_per_epoch * batch_size, steps_per_epoch, num_val)
+           _describe(net), data.describe(config.data) if train_iter is None else 'the given input',
+           num_train if train_iter is None else steps_per_epoch * batch_size, steps_per_epoch,
+           num_val)
   log.info('%d steps (%.2f epochs) of batch %d on %s; work directory %s', total_steps,
            total_steps / steps_per_epoch, batch_size, _devices(), storage.absolute(workdir))
+  try:
+    return _train(config, workdir, net, train_iter, eval_batches, steps_per_epoch, total_steps,
+                  schedule_steps, num_val)
+  except Exception as e:  # a storage failure anywhere (a save, a report, TensorBoard): one line
+    failure = storage.failure(e)
+    if failure is None:
+      raise
+    raise StorageError(f'cannot write {failure.path or workdir} ({failure.reason}); '
+                       f'{_intact(workdir)}') from e
 
+
+def _intact(workdir) -> str:
+  """What a failed run leaves to resume from, and how."""
+  steps = checkpoints.store.committed_steps(os.path.join(os.fspath(workdir),
+                                                         checkpoints.CHECKPOINT_SUBDIR))
+  if not steps:
+    return 'no checkpoint is complete yet: free space (or restore access) and rerun to start again'
+  return (f'the checkpoint of step {steps[-1]} in {workdir} is complete: free space (or restore '
+          f'access) and rerun the same command to resume')
+
+
+def _train(config, workdir, net, train_iter, eval_batches, steps_per_epoch: int, total_steps: int,
+           schedule_steps: int, num_val) -> Dict[str, float]:
+  """`train_and_evaluate` after its checks: the run itself."""
+  owns_input = train_iter is None
+  batch_size = config.data.batch_size
+  optimizer = optim.create_optimizer(config.optim, schedule_steps, steps_per_epoch)
   with contextlib.ExitStack() as cleanup:
+    cleanup.enter_context(RunLock(workdir))
+    signals = StopSignals()
+    cleanup.callback(signals.restore)
+
     # -- input --
     if owns_input:
       train_iter = data.train_iterator(config)
@@ -258,10 +363,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best_metric = f'top1/{max(net.resolutions)}'
     ckpts = checkpoints.TrainCheckpoints(workdir, keep=config.checkpoint_keep,
                                         best_metric=best_metric)
-    cleanup.callback(ckpts.close)
-    meta = checkpoints.model_meta(net, {'config': config.to_dict()})
+    cleanup.push(lambda *error: ckpts.close(quiet=error[0] is not None))
+    meta = checkpoints.model_meta(net, {'config': config.to_dict(),
+                                        'steps_per_epoch': steps_per_epoch})
     restored = ckpts.restore_newest(state)
     if restored is not None:
+      check_same_schedule(ckpts, int(restored[0].step), config, steps_per_epoch)
       state, data_state = restored
       if data_state is not None and hasattr(train_iter, 'set_state'):
         train_iter.set_state(data_state)
@@ -273,8 +380,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # -- loop --
     summaries = Summaries(workdir)
     cleanup.callback(summaries.close)
-    preemption = Preemption()
-    cleanup.callback(preemption.restore)
     accuracies: Dict[str, float] = {}
     last_metrics: Optional[Dict[str, Any]] = None
     metric_sums, summed = None, 0
@@ -308,19 +413,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              {'step': step, 'epoch': epoch})
       return result
 
+    def evaluate_interruptibly(step):
+      try:
+        return signals.wait(evaluate_and_report, step)
+      except Interrupted:
+        save(step, force=True)
+        ckpts.wait()
+        raise Interrupted(f'stopped at step {step}, saved: rerun the same command to resume') from None
+
+    def first_step(state, batch):
+      out = train_step(state, batch, step_key)
+      jax.block_until_ready(out)
+      return out
+
     if start >= total_steps:
       log.info('%s already holds the final step %d: evaluating it', ckpts.directory, start)
-      accuracies = evaluate_and_report(start)
+      accuracies = evaluate_interruptibly(start)
     for step in range(start + 1, total_steps + 1):
-      batch = next(train_iter)
-      state, last_metrics = train_step(state, sharding.shard_batch(batch, mesh), step_key)
-      metric_sums = last_metrics if metric_sums is None else _sum_metrics(metric_sums, last_metrics)
-      summed += 1
+      batch = sharding.shard_batch(next(train_iter), mesh)
       if step == start + 1:
-        # Speed and ETA count from here: the first step also compiled.
-        jax.block_until_ready(last_metrics)
+        # Compiles: on a worker thread, so that Ctrl-C need not wait for it. Speed and ETA count
+        # from the end of this step.
+        try:
+          state, last_metrics = signals.wait(first_step, state, batch)
+        except Interrupted:
+          raise Interrupted('stopped before the first step; nothing was saved' + (
+              f' (the checkpoint of step {start} is as it was)' if start else '')) from None
         log.info('first step done %.1f s after compiling began', time.time() - compile_start)
         timer, timer_step = time.time(), step
+      else:
+        state, last_metrics = train_step(state, batch, step_key)
+      ckpts.check_for_errors()  # a failed asynchronous save stops the run here, at once
+      metric_sums = last_metrics if metric_sums is None else _sum_metrics(metric_sums, last_metrics)
+      summed += 1
 
       if step % config.log_every_steps == 0 or step == total_steps:
         scalars = train_scalars(jax.device_get(metric_sums), summed)
@@ -340,16 +465,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         summaries.scalars(step, {f'train/{k}': v for k, v in scalars.items()})
 
       if (eval_every and step % eval_every == 0) or step == total_steps:
-        accuracies = evaluate_and_report(step)
+        accuracies = evaluate_interruptibly(step)
         save(step, metrics={k: v for k, v in accuracies.items() if k.startswith('top')},
              force=True)
         timer, timer_step = time.time(), step  # the evaluation's time is not training speed
       elif step % config.checkpoint_every_steps == 0:
         save(step)
 
-      if preemption.should_stop(step, ckpts.manager):
+      if signals.should_stop(step, ckpts.manager):
         save(step, force=True)
         ckpts.wait()
+        if signals.interrupted:
+          raise Interrupted(f'stopped at step {step}, saved: rerun the same command to resume')
         log.warning('stopped at step %d after a preemption request; rerun the same command '
                     'to resume', step)
         accuracies = {}
