@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import jax
@@ -147,12 +148,14 @@ class _UnretrievedReads(logging.Filter):
 
 class _FailedSaveNoise(logging.Filter):
   """Drops what Orbax's threads log about a save that the storage refused (every array's error,
-  then the commit's and the finalisation's): the loop reports it once, in one line."""
+  a worker thread's OSError, then the commit's and the finalisation's): the loop reports it once,
+  in one line."""
   SIGNS = ('os_error_code', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED')
 
   def filter(self, record):
     message = record.getMessage()
-    return not (any(sign in message for sign in self.SIGNS) or
+    refused = record.exc_info is not None and isinstance(record.exc_info[1], OSError)
+    return not (any(sign in message for sign in self.SIGNS) or refused or
                 'background save thread' in message or 'Save Finalize thread' in message)
 
 
@@ -458,6 +461,9 @@ class TrainCheckpoints:
   def close(self, quiet: bool = False):
     """Waits for the last save and closes; `quiet` (the run is already stopping on an error)
     drops a failure of that save, which the first error already explains."""
+    if quiet:  # the abandoned save's coroutines are collected at exit, never awaited
+      warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
+                              category=RuntimeWarning)
     try:
       self.wait()
       self.manager.close()
