@@ -285,6 +285,36 @@ def int8_line(manifest):
           'error: ' + ', '.join(cells) + '.')
 
 
+SWITCHABLE_SIZE, SWITCHABLE_LATENCY = 1.1, 0.15  # issue 22's targets
+SWITCHED = {'jax_switchable': 'jax', 'onnxruntime_switchable': 'onnxruntime'}
+
+
+def switchable_lines(manifest):
+  """The one-file formats against the per-resolution files: bytes, and per resolution the
+  batch-1 p50 and the throughput at the batch, as ratios (switchable / per-resolution)."""
+  rows = manifest['resolutions']
+  lines = []
+  for name, per_res in (('onnx_switchable', 'onnx'), ('jax_switchable', 'jax')):
+    whole = rows[0]['files'][name]['bytes']
+    one = max(r['files'][per_res]['bytes'] for r in rows)
+    every = sum(r['files'][per_res]['bytes'] for r in rows)
+    met = 'met' if whole <= SWITCHABLE_SIZE * one else 'NOT met'
+    target = f' (target <= {SWITCHABLE_SIZE}x: {met})' if name == 'onnx_switchable' else ''
+    lines.append(f"- {rows[0]['files'][name]['file']}: {whole / 1e6:.2f} MB, {whole / one:.3f}x "
+                 f"the largest per-resolution {per_res} file ({one / 1e6:.2f} MB), "
+                 f"{whole / every:.3f}x all {len(rows)} of them ({every / 1e6:.2f} MB){target}")
+  for switched, runtime in SWITCHED.items():
+    batch1 = {r['resolution']: round(r['latency'][switched]['p50_ms'] /
+                                     r['latency'][runtime]['p50_ms'], 3) for r in rows}
+    batched = {r['resolution']: round(r['latency'][runtime]['throughput_img_s'] /
+                                      r['latency'][switched]['throughput_img_s'], 3) for r in rows}
+    ok = all(v <= 1 + SWITCHABLE_LATENCY for v in list(batch1.values()) + list(batched.values()))
+    lines.append(f"- {switched} / {runtime}, time per image: batch 1 (p50) {batch1}, at the "
+                 f"throughput batch {batched}; within {SWITCHABLE_LATENCY:.0%} at every size: "
+                 f"{'met' if ok else 'NOT met'}")
+  return lines
+
+
 def verdict_lines(verdict, paper_only: bool):
   lines = []
   for rt, ratios in verdict['proportion'].items():
@@ -339,7 +369,8 @@ def main(argv=None):
                                                     for r in manifest['resolutions']],
                                       args.torch_iters)
     lines, verdict = table(manifest, jit_figures, torch_ms)
-    lines += ['', int8_line(manifest)]
+    lines += ['', int8_line(manifest), '', 'One file for every resolution (issue 22):',
+              *switchable_lines(manifest)]
     diagnostics = {}
     if full_size:
       extra_lines, diagnostics = why_batch_one_costs(workdir, dst, manifest, args)

@@ -2,7 +2,7 @@
 
     python -m rsnets_jax.export --workdir=W --dst=D [--resolutions=224,160] [--which=latest]
         [--platforms=cpu,cuda] [--formats=jax,onnx,onnx_int8] [--class-names=FILE]
-        [--data-dir=DIR] [--calibration-images=512] [--eval-images=0] [--overwrite]
+        [--data-dir=DIR] [--calibration-images=512] [--eval-images=0] [--switchable] [--overwrite]
 
 `--workdir` is anything `rsnets_jax.load` reads: a work directory, one checkpoint, a converted
 model or an `add_resolutions` output. For each resolution (default: every trained and added one)
@@ -15,6 +15,10 @@ D receives, with that resolution's BatchNorm folded into the convolutions:
                        --data-dir) and evaluated against float32 on `--eval-images` validation
                        images (0: all)
     manifest.json      what each file is, with MACs, accuracy and checksums
+With --switchable (the formats jax_switchable and onnx_switchable), also one file for every
+resolution, the shared weights stored once and each resolution's BatchNorm as a scale and shift:
+    switchable.onnx           the input's height picks the resolution
+    switchable.jaxexport.zip  a jax.export program per resolution over the shared weights
 A D that already holds an export is refused unless --overwrite, which replaces it whole: the new
 export is written beside it and swapped in, so no file of the old one stays.
 (rsnets_jax/deploy/export.py; the formats are rsnets_jax/deploy/formats.py's).
@@ -64,13 +68,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='onnx_int8: training images that set the activation ranges')
   parser.add_argument('--eval-images', type=int, default=0,
                       help='onnx_int8: validation images to measure it on (0: all)')
+  parser.add_argument('--switchable', action='store_true',
+                      help=f'also the one-file formats {",".join(formats.SWITCHABLE_FORMATS)}')
   parser.add_argument('--overwrite', action='store_true',
                       help='replace an export already in --dst (the whole folder)')
   args = parser.parse_args(argv)
 
   def body():
+    asked = args.formats + [name for name in formats.SWITCHABLE_FORMATS
+                            if args.switchable and name not in args.formats]
     manifest = export.export_model(args.workdir, args.dst, args.resolutions, args.which,
-                                   args.platforms, args.formats, args.class_names, args.data_dir,
+                                   args.platforms, asked, args.class_names, args.data_dir,
                                    args.calibration_images, args.eval_images,
                                    overwrite=args.overwrite)
     print(f'wrote {len(manifest["resolutions"])} resolutions of RS-{manifest["arch"]} to '

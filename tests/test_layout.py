@@ -118,12 +118,17 @@ def test_distillation_modes_declare_their_loss_parts():
 
 
 def test_export_formats_declare_suffix_runtime_and_accuracy():
-  assert {n: (f.suffix, f.runtime, f.accuracy_key) for n, f in formats.FORMATS.items()} == {
-      'jax': ('jaxexport', 'jax', None), 'onnx': ('onnx', 'onnxruntime', None),
-      'onnx_int8': ('int8.onnx', 'onnxruntime_int8', 'int8')}
+  assert {n: (f.suffix, f.runtime, f.accuracy_key, f.switchable)
+          for n, f in formats.FORMATS.items()} == {
+      'jax': ('jaxexport', 'jax', None, False), 'onnx': ('onnx', 'onnxruntime', None, False),
+      'onnx_int8': ('int8.onnx', 'onnxruntime_int8', 'int8', False),
+      'jax_switchable': ('jaxexport.zip', 'jax_switchable', None, True),
+      'onnx_switchable': ('onnx', 'onnxruntime_switchable', None, True)}
+  assert [formats.FORMATS[n].file_name(64) for n in ('jax', 'onnx_switchable')] == [
+      '64px.jaxexport', 'switchable.onnx']
   row = {'top1': 70.0, 'int8': {'top1': 69.5}}
   assert [formats.by_runtime(f.runtime).top1(row) for f in formats.FORMATS.values()] == [
-      70.0, 70.0, 69.5]
+      70.0, 70.0, 69.5, 70.0, 70.0]
 
 
 def _string_constants(path: pathlib.Path):

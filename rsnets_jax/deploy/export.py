@@ -134,6 +134,8 @@ def _swap_in(written: str, dst: str):
 class Export:
   """What the formats' writers read: the network, its training input scaling and the options."""
   net: RSNet
+  params: Any
+  stats: Dict[int, Any]
   meta: Dict[str, Any]
   mean: Optional[Sequence[float]]
   std: Optional[Sequence[float]]
@@ -171,7 +173,8 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
   dst = os.path.abspath(os.fspath(dst))
   _check_destination(dst, overwrite)
   mean, std = _normalisation(meta)
-  export = Export(net, meta, mean, std, platforms, data_dir, calibration_images, eval_images)
+  export = Export(net, params, stats, meta, mean, std, platforms, data_dir, calibration_images,
+                  eval_images)
   # Every format to make, those another one reads first; each checks what it needs here.
   made_formats = [name for name in export_formats.FORMATS if name in asked or
                   any(name in export_formats.FORMATS[a].requires for a in asked)]
@@ -183,8 +186,8 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
   os.umask(umask)
   os.chmod(dst, 0o777 & ~umask)  # as a new directory, not mkdtemp's 0700
   try:
-    manifest = _write(export, writers, asked, workdir, which, params, stats, resolutions,
-                      names_file, platforms, dst, log)
+    manifest = _write(export, writers, asked, workdir, which, resolutions, names_file, platforms,
+                      dst, log)
     manifests.write_manifest(dst, manifest)
     _swap_in(dst, final)
   except BaseException:
@@ -193,31 +196,43 @@ def export_model(workdir, dst, resolutions: Optional[Sequence[int]] = None,
   return manifest
 
 
-def _write(export: Export, writers, asked, workdir, which, params, stats, resolutions, names_file,
-           platforms, dst: str, log) -> Dict[str, Any]:
+def _write_file(dst: str, file_name: str, content: bytes) -> Dict[str, Any]:
+  """Writes one file of the export; returns its manifest entry."""
+  with open(os.path.join(dst, file_name), 'wb') as f:
+    f.write(content)
+  return {'file': file_name, 'sha256': manifests.sha256(os.path.join(dst, file_name)),
+          'bytes': len(content)}
+
+
+def _write(export: Export, writers, asked, workdir, which, resolutions, names_file, platforms,
+           dst: str, log) -> Dict[str, Any]:
   """Every file of the export into `dst`; returns its manifest."""
   net, meta, mean, std = export.net, export.meta, export.mean, export.std
+  params, stats = export.params, export.stats
   accuracy = _results_rows(workdir, which)
   names, names_source = class_names(meta, net.num_classes, names_file)
+  by_name = export_formats.FORMATS
+  whole = {name: _write_file(dst, by_name[name].file_name(0), writers[name](resolutions))
+           for name in asked if by_name[name].switchable}
+  for name, entry in whole.items():
+    log(f'exported {resolutions} px in one file: {name} {entry["bytes"] / 1e6:.1f} MB')
   rows = []
   for res in resolutions:
     folded = fold.fold(net, params, stats[res], res)
     made, entries = {}, {}
     for name, write in writers.items():
-      made[name], entries[name] = write(res, folded, made)
-    files = {}
-    for name in asked:
-      file_name = f'{res}px.{export_formats.FORMATS[name].suffix}'
-      with open(os.path.join(dst, file_name), 'wb') as f:
-        f.write(made[name])
-      files[name] = {'file': file_name, 'sha256': manifests.sha256(os.path.join(dst, file_name)),
-                     'bytes': len(made[name])}
+      if not by_name[name].switchable:
+        made[name], entries[name] = write(res, folded, made)
+    files = {name: _write_file(dst, by_name[name].file_name(res), made[name])
+             for name in asked if not by_name[name].switchable}
     row = accuracy.get(res, {})
     rows.append({'resolution': res, 'trained': res in net.resolutions, 'macs': net.macs(res),
                  'params': parameter_count(folded), 'top1': row.get('top1'),
                  'top5': row.get('top5'), 'files': files})
-    log(f'exported {res}px: ' + ', '.join(f'{k} {v["bytes"] / 1e6:.1f} MB'
-                                          for k, v in files.items()))
+    if files:
+      log(f'exported {res}px: ' + ', '.join(f'{k} {v["bytes"] / 1e6:.1f} MB'
+                                            for k, v in files.items()))
+    files.update(whole)
     for name in asked:
       key = export_formats.FORMATS[name].accuracy_key
       if key and entries[name]:

@@ -50,17 +50,17 @@ def conv_bn_pairs(net: RSNet) -> Dict[Path, Path]:
   return pairs
 
 
-def _get(tree, path: Path):
+def subtree(tree, path: Path):
   for name in path:
     tree = tree[name]
   return tree
 
 
-def _without(tree, path: Path):
+def without(tree, path: Path):
   """`tree` (nested dicts) with the entry at `path` removed; the rest shared, not copied."""
   if len(path) == 1:
     return {k: v for k, v in tree.items() if k != path[0]}
-  return {**tree, path[0]: _without(tree[path[0]], path[1:])}
+  return {**tree, path[0]: without(tree[path[0]], path[1:])}
 
 
 def _with(tree, path: Path, value):
@@ -69,13 +69,17 @@ def _with(tree, path: Path, value):
   return {**tree, path[0]: _with(tree.get(path[0], {}), path[1:], value)}
 
 
+def scale_shift(scale, bias, mean, var, eps: float = BN_EPS):
+  """(s, t) in float64 with BatchNorm(y) == y * s + t at inference."""
+  s = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+  return s, np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * s
+
+
 def fold_batchnorm(kernel, scale, bias, mean, var, eps: float = BN_EPS):
   """(kernel', bias') with conv(x, kernel') + bias' == BatchNorm(conv(x, kernel)), `kernel` HWIO.
   Computed in float64 and rounded once to float32, so folding adds no error of its own."""
-  s = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-  folded_kernel = np.asarray(kernel, np.float64) * s
-  folded_bias = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * s
-  return folded_kernel.astype(np.float32), folded_bias.astype(np.float32)
+  s, t = scale_shift(scale, bias, mean, var, eps)
+  return (np.asarray(kernel, np.float64) * s).astype(np.float32), t.astype(np.float32)
 
 
 def fold(net: RSNet, params, stats, res: int) -> Dict[str, Any]:
@@ -85,14 +89,14 @@ def fold(net: RSNet, params, stats, res: int) -> Dict[str, Any]:
   key = 'shared' if net.shared_bn else str(res)
   folded = jax.tree.map(np.asarray, params)
   for bn_path, conv_path in conv_bn_pairs(net).items():
-    bn, moments = _get(params, bn_path), _get(batch_stats, bn_path)
-    kernel, bias = fold_batchnorm(_get(params, conv_path)['kernel'], bn[f'scale_{key}'],
+    bn, moments = subtree(params, bn_path), subtree(batch_stats, bn_path)
+    kernel, bias = fold_batchnorm(subtree(params, conv_path)['kernel'], bn[f'scale_{key}'],
                                   bn[f'bias_{key}'], moments['mean'], moments['var'])
-    folded = _with(_without(folded, bn_path), conv_path, {'kernel': kernel, 'bias': bias})
+    folded = _with(without(folded, bn_path), conv_path, {'kernel': kernel, 'bias': bias})
   return folded
 
 
-def _conv(x, kernel, stride: int, groups: int, padding: str,
+def lowered_conv(x, kernel, stride: int, groups: int, padding: str,
           platforms: Optional[Sequence[str]]):
   """conv.conv2d lowered as conv.py chooses on each of `platforms` (None: this process's)."""
   if platforms is None:
@@ -121,8 +125,8 @@ def folded_apply(net: RSNet, folded, x, platforms: Optional[Sequence[str]] = Non
       return args[0]
     if isinstance(mod, conv.Conv) and 'bias' in mod.variables.get('params', {}):
       weights = mod.variables['params']
-      y = _conv(args[0], weights['kernel'], mod.strides, mod.feature_group_count, mod.padding,
-                platforms)
+      y = lowered_conv(args[0], weights['kernel'], mod.strides, mod.feature_group_count,
+                       mod.padding, platforms)
       return y + weights['bias']
     return next_fun(*args, **kwargs)
 

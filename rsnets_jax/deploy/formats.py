@@ -94,17 +94,24 @@ class ExportFormat:
   `files`; `suffix`: the file is `<res>px.<suffix>`; `runtime`: what runs it (profile's
   --runtimes, predict's --runtime, the key of a row's measured `latency`); `accuracy_key`: the
   row's entry holding the file's own top-1 (None: the network's evaluation is its accuracy);
-  `requires`: formats whose bytes its writer reads (made first, written only when asked)."""
+  `requires`: formats whose bytes its writer reads (made first, written only when asked);
+  `switchable`: one file, `switchable.<suffix>`, runs every resolution (its writer's `write`
+  takes the resolutions and returns the file's bytes)."""
   name: str = ''
   suffix: str = ''
   runtime: str = ''
   default: bool = True
   accuracy_key: Optional[str] = None
   requires: Tuple[str, ...] = ()
+  switchable: bool = False
 
-  def writer(self, export) -> Callable[[int, Any, Dict[str, bytes]], Written]:
-    """`write(res, folded, made) -> (bytes, row entry)` for `export` (deploy.export.Export), after
-    checking, before anything is written, that it can be made here."""
+  def file_name(self, res: int) -> str:
+    return f'switchable.{self.suffix}' if self.switchable else f'{res}px.{self.suffix}'
+
+  def writer(self, export) -> Callable[..., Any]:
+    """`write(res, folded, made) -> (bytes, row entry)` (a switchable format: `write(resolutions)
+    -> bytes`) for `export` (deploy.export.Export), after checking, before anything is written,
+    that it can be made here."""
     raise NotImplementedError
 
   def about(self, writer) -> Optional[Dict[str, Any]]:
@@ -145,15 +152,41 @@ class JaxArtifact(ExportFormat):
   def runnable(self, manifest):
     return jax.default_backend() in manifest.get('jax_platforms', [])
 
-  def load(self, path, manifest):
+  @staticmethod
+  def check_platform(manifest):
     platforms = manifest.get('jax_platforms', [])
     if jax.default_backend() not in platforms:
       raise ConfigError(f'the JAX files were exported for {platforms}, this machine runs JAX on '
                         f'{jax.default_backend()}: export with --platforms={jax.default_backend()}')
+
+  def load(self, path, manifest):
+    self.check_platform(manifest)
     with open(path, 'rb') as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     call = jax.jit(exported.call)
     return lambda images: np.asarray(call(images))
+
+
+class SwitchableJaxArchive(JaxArtifact):
+  """Every resolution in one zip (deploy/switchable.py): the shared weights once, each
+  resolution's BatchNorm as scale and shift and its `jax.export` program; the input's size picks
+  the resolution."""
+  name, suffix, runtime = 'jax_switchable', 'jaxexport.zip', 'jax_switchable'
+  default = False
+  switchable = True
+
+  def writer(self, export):
+    from rsnets_jax.deploy import switchable  # pylint: disable=import-outside-toplevel
+
+    def write(resolutions):
+      return switchable.jax_archive(export.net, export.params, export.stats, resolutions,
+                                    export.mean, export.std, export.platforms)
+    return write
+
+  def load(self, path, manifest):
+    from rsnets_jax.deploy import switchable  # pylint: disable=import-outside-toplevel
+    self.check_platform(manifest)
+    return switchable.load_jax(path)
 
 
 class OnnxModel(ExportFormat):
@@ -210,8 +243,27 @@ class Int8OnnxModel(OnnxModel):
             f"{entry['logits_relative_rms_error']:.3f}")
 
 
+class SwitchableOnnxModel(OnnxModel):
+  """Every resolution in one ONNX model (deploy/switchable.py): the shared weights once, a branch
+  per resolution with its BatchNorm as scale and shift, picked by the input's height."""
+  name, suffix, runtime = 'onnx_switchable', 'onnx', 'onnxruntime_switchable'
+  default = False
+  switchable = True
+
+  def writer(self, export):
+    from rsnets_jax.deploy import switchable  # pylint: disable=import-outside-toplevel
+    super().writer(export)  # the onnx package
+
+    def write(resolutions):
+      return switchable.onnx_model(export.net, export.params, export.stats, resolutions,
+                                   export.mean, export.std,
+                                   f'RS-{export.net.arch} at {list(resolutions)} px')
+    return write
+
+
 FORMATS: Dict[str, ExportFormat] = {f.name: f for f in (
-    JaxArtifact(), OnnxModel(), Int8OnnxModel())}
+    JaxArtifact(), OnnxModel(), Int8OnnxModel(), SwitchableJaxArchive(), SwitchableOnnxModel())}
+SWITCHABLE_FORMATS = tuple(name for name, f in FORMATS.items() if f.switchable)
 DEFAULT_FORMATS = tuple(name for name, f in FORMATS.items() if f.default)
 RUNTIMES = tuple(f.runtime for f in FORMATS.values())
 

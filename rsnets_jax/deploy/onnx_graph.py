@@ -8,7 +8,7 @@ tensor they meet, and a Transpose is emitted only where an op needs another orde
 input image).
 """
 import dataclasses
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 from jax.extend import core as jax_core
@@ -38,18 +38,22 @@ def _identity(rank: int) -> Tuple[int, ...]:
 
 
 class _Builder:
-  """The ONNX nodes and initializers of one graph, emitted while walking a jaxpr."""
+  """The ONNX nodes and initializers of one graph, emitted while walking a jaxpr. Builders that
+  share `constants` ({bytes: name}) store an equal constant once: the branches of a switchable
+  model read the same weights; `scope` keeps their node names apart."""
 
-  def __init__(self):
+  def __init__(self, constants: Optional[Dict[Tuple[Any, ...], str]] = None, scope: str = ''):
     import onnx  # pylint: disable=import-outside-toplevel  # optional: pip install .[deploy]
     self.onnx = onnx
     self.nodes: List[Any] = []
     self.initializers: List[Any] = []
+    self.constants = {} if constants is None else constants
+    self.scope = scope
     self._count = 0
 
   def name(self, prefix: str) -> str:
     self._count += 1
-    return f'{prefix}{self._count}'
+    return f'{self.scope}{prefix}{self._count}'
 
   def node(self, op: str, inputs: Sequence[str], **attributes) -> str:
     out = self.name(op.lower())
@@ -57,9 +61,12 @@ class _Builder:
     return out
 
   def constant(self, value: np.ndarray) -> str:
-    name = self.name('w')
-    self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
-    return name
+    value = np.ascontiguousarray(value)
+    key = (value.dtype.str, value.shape, value.tobytes())
+    if key not in self.constants:
+      self.constants[key] = f'w{len(self.constants) + 1}'
+      self.initializers.append(self.onnx.numpy_helper.from_array(value, self.constants[key]))
+    return self.constants[key]
 
   def arrange(self, t: Tensor, perm: Tuple[int, ...]) -> Tensor:
     """`t` stored in the order `perm`, through a Transpose when it is stored otherwise."""
@@ -200,29 +207,95 @@ class _Translator:
     return Tensor(self.b.node('MatMul', [x.name, self.b.constant(w)]), (0, 1))
 
 
-def to_onnx(fn, example: jax.ShapeDtypeStruct, input_name: str = 'images',
-            output_name: str = 'logits', batch_name: str = 'batch', doc: str = ''):
-  """The ONNX model (an `onnx.ModelProto`) of `fn` on one input shaped like `example`, whose
-  first axis becomes the symbolic `batch_name` (so `fn` must treat every example alike)."""
-  import onnx  # pylint: disable=import-outside-toplevel
+def _translate(builder: _Builder, fn, example: jax.ShapeDtypeStruct, input_name: str,
+               output_name: str):
+  """Emits `fn` on the input `input_name` into `builder`, ending in `output_name`; returns the
+  output's abstract value."""
   closed = jax.make_jaxpr(fn)(example)
-  builder = _Builder()
   image = Tensor(input_name, _identity(len(example.shape)))
   out, = _Translator(builder).run(closed.jaxpr, closed.consts, [image])
   if not isinstance(out, Tensor):
     raise ValueError('the function does not depend on its input')
   out = builder.arrange(out, _identity(len(out.perm)))
-  builder.nodes.append(onnx.helper.make_node('Identity', [out.name], [output_name]))
-  out_aval = closed.jaxpr.outvars[0].aval
-  graph = onnx.helper.make_graph(
-      builder.nodes, 'rsnet', [_value_info(input_name, example.dtype, example.shape, batch_name)],
-      [_value_info(output_name, out_aval.dtype, out_aval.shape, batch_name)],
-      initializer=builder.initializers)
+  builder.nodes.append(builder.onnx.helper.make_node('Identity', [out.name], [output_name]))
+  return closed.jaxpr.outvars[0].aval
+
+
+def _model(graph, doc: str):
+  import onnx  # pylint: disable=import-outside-toplevel
   model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', OPSET)],
                                  producer_name='rsnets_jax', doc_string=doc)
   model.ir_version = IR_VERSION
   onnx.checker.check_model(model)
   return model
+
+
+def to_onnx(fn, example: jax.ShapeDtypeStruct, input_name: str = 'images',
+            output_name: str = 'logits', batch_name: str = 'batch', doc: str = ''):
+  """The ONNX model (an `onnx.ModelProto`) of `fn` on one input shaped like `example`, whose
+  first axis becomes the symbolic `batch_name` (so `fn` must treat every example alike)."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  builder = _Builder()
+  out_aval = _translate(builder, fn, example, input_name, output_name)
+  graph = onnx.helper.make_graph(
+      builder.nodes, 'rsnet', [_value_info(input_name, example.dtype, example.shape, batch_name)],
+      [_value_info(output_name, out_aval.dtype, out_aval.shape, batch_name)],
+      initializer=builder.initializers)
+  return _model(graph, doc)
+
+
+def to_switchable_onnx(functions: Dict[int, Callable], input_name: str = 'images',
+                       output_name: str = 'logits', batch_name: str = 'batch', doc: str = ''):
+  """One ONNX model running `functions[res]` on uint8 inputs (batch, res, res, 3) of each `res`:
+  a chain of `If` nodes on the input's height, one branch per function, every branch reading one
+  set of initializers (equal constants stored once). The last branch reshapes the input to its
+  own size first, so an input of no listed size is an error, not a wrong BatchNorm."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  helper = onnx.helper
+  constants: Dict[Tuple[Any, ...], str] = {}
+  initializers, branches, out_aval = [], {}, None
+  resolutions = sorted(functions, reverse=True)
+  for i, res in enumerate(resolutions):
+    builder = _Builder(constants, scope=f'r{res}_')
+    image = input_name
+    if i == len(resolutions) - 1:
+      shape = builder.constant(np.asarray([0, res, res, 3], np.int64))  # 0: keep the batch
+      image = builder.node('Reshape', [input_name, shape])
+    example = jax.ShapeDtypeStruct((2, res, res, 3), np.uint8)
+    out_aval = _translate(builder, functions[res], example, image, f'{output_name}_{res}')
+    initializers += builder.initializers
+    branches[res] = helper.make_graph(
+        builder.nodes, f'resolution_{res}', [],
+        [_value_info(f'{output_name}_{res}', out_aval.dtype, out_aval.shape, batch_name)])
+  top = _Builder(constants, scope='select_')
+  height = top.node('Gather', [top.node('Shape', [input_name]),
+                               top.constant(np.asarray(1, np.int64))], axis=0)
+  initializers += top.initializers
+  # Built from the last resolution up: each `else` is the graph holding the next test.
+  chain = branches[resolutions[-1]]
+  for level, res in reversed(list(enumerate(resolutions[:-1]))):
+    builder = _Builder(constants, scope=f'if{res}_')
+    test = builder.node('Equal', [height, builder.constant(np.asarray(res, np.int64))])
+    out = output_name if level == 0 else f'{output_name}_from_{res}'
+    builder.nodes.append(helper.make_node('If', [test], [out], then_branch=branches[res],
+                                          else_branch=chain))
+    initializers += builder.initializers
+    if level == 0:
+      nodes = top.nodes + builder.nodes
+    else:
+      chain = helper.make_graph(builder.nodes, f'unless_{res}', [], [
+          _value_info(out, out_aval.dtype, out_aval.shape, batch_name)])
+  if len(resolutions) == 1:
+    nodes = top.nodes + [helper.make_node('Identity', [f'{output_name}_{resolutions[0]}'],
+                                          [output_name])]
+    nodes[len(top.nodes):len(top.nodes)] = list(branches[resolutions[0]].node)
+  graph = helper.make_graph(
+      nodes, 'switchable_rsnet',
+      [helper.make_tensor_value_info(input_name, helper.np_dtype_to_tensor_dtype(np.dtype(
+          np.uint8)), [batch_name, 'height', 'width', 3])],
+      [_value_info(output_name, out_aval.dtype, out_aval.shape, batch_name)],
+      initializer=initializers)
+  return _model(graph, doc)
 
 
 def _value_info(name: str, dtype, shape, batch_name: str):
