@@ -22,7 +22,7 @@ size:
          about 2 hours on 2 CPU cores.
   cpu_tuned  cpu_long's recipe for the headline claim against a tuned baseline: the individual
          networks at 1x, 2x and 5x the learning rate (3 seeds; 5 at 1x) and the RS-Net (5 seeds),
-         about 2 hours on 2 CPU cores.
+         3.4 hours of trainings on 2 CPU cores shared with other work (2026-12-04).
   smoke  the cpu network on a class-balanced subset for one epoch: a few minutes, to check that the
          whole runner works end to end. Its numbers mean nothing.
 """
