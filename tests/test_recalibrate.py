@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ from rsnets_jax.checkpoints import pytorch
 from rsnets_jax.data import preprocess
 from rsnets_jax.train import (add_resolutions as add_resolutions_job, optim, recalibrate, reports,
                               step as steps)
-from rsnets_jax.models import RESOLUTION_KEY, RSNet
+from rsnets_jax.models import RESOLUTION_KEY, RSNet, rsnet
 
 from helpers import config_flags, override
 
@@ -270,7 +271,9 @@ def test_matches_pytorch_recalibration(torch):
   params, stats = to_jax(model.state_dict(), 'bn_1')
   rng = np.random.default_rng(1)
   batches = [rng.integers(0, 256, (6, ADDED, ADDED, 3), np.uint8) for _ in range(3)]
-  _, _, ours = rsnets_jax.add_resolution(net, params, stats, ADDED, batches, num_images=18)
+  # Zero padding: PyTorch's network is fed the added size as it is.
+  _, _, ours = rsnets_jax.add_resolution(net, params, stats, ADDED, batches, num_images=18,
+                                         padding='zeros')
 
   bns = [m for m in model.modules() if isinstance(m, torch_reference.PrivateBatchNorm)]
   with torch.no_grad():
@@ -298,7 +301,7 @@ def run_command(*flags):
   return proc.returncode, proc.stdout
 
 
-def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
+def test_command_end_to_end(trained, crops, tmp_path, monkeypatch):
   # A work directory as training leaves it, written by the loop's own checkpointer.
   net, params, stats = trained
   config = small_config()
@@ -322,18 +325,16 @@ def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
                                                                        (16, True)]
   assert results['count'] == 64 and 'ensemble' in results
   assert all(0 <= r['top1'] <= 100 for r in results['rows'])
-  assert results['added_resolutions'] == {'24': {'affine_from': 32}}
-  assert results['recalibration_images'] == 48  # whole batches of 16
+  assert results['added_resolutions'] == {
+      '24': {'affine_from': 32, 'padding': 'edge', 'statistics_from': 'eval'}}
+  assert results['recalibration_images'] == NUM_IMAGES  # a seeded subset of training images
   assert '| 24 (not trained) |' in (dst / 'results.md').read_text()
   assert (dst / 'accuracy_vs_macs.png').stat().st_size > 10_000
 
-  # The saved network is what the API computes on the same training crops.
-  net2, params2, stats2 = rsnets_jax.load(dst)
-  want_net, want_params, want_stats = added
-  assert net2 == want_net
-  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params2, want_params)))
-  close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-5, atol=1e-6), stats2, want_stats)
-  assert all(jax.tree.leaves(close)), close
+  # The saved network is what the API computes on the evaluation views of the same images.
+  views, used = data.recalibration_batches(config, TRAINED + (ADDED,), NUM_IMAGES)
+  want = rsnets_jax.add_resolution(net, params, stats, ADDED, views, num_images=used)
+  _same_network(rsnets_jax.load(dst), want)
   # The training checkpoints are only read.
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')
                 if not p.is_relative_to(dst)) == before
@@ -345,6 +346,23 @@ def test_command_end_to_end(trained, added, tmp_path, monkeypatch):
   assert code == 1 and 'Traceback' not in out
   assert out.strip().splitlines()[-1].startswith('error: the network already runs at [16]'), out
 
+  # The earlier procedure, for the record: zero padding, statistics from training crops.
+  code, out = run_command(f'--workdir={workdir}', f'--resolutions={ADDED}', '--padding=zeros',
+                          '--views=train', f'--num_images={NUM_IMAGES}',
+                          f'--dst={tmp_path / "old"}')
+  assert code == 0, out[-3000:]
+  assert 'added resolution 24: BatchNorm affine parameters from 32' in out
+  assert json.loads((tmp_path / 'old' / 'results.json').read_text())['recalibration_images'] == 48
+  want = rsnets_jax.add_resolution(net, params, stats, ADDED, crops, NUM_IMAGES, padding='zeros')
+  _same_network(rsnets_jax.load(tmp_path / 'old'), want)
+
+
+def _same_network(got, want):
+  assert got[0] == want[0]
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, got[1], want[1])))
+  close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-5, atol=1e-6), got[2], want[2])
+  assert all(jax.tree.leaves(close)), close
+
 
 def test_recalibrated_bn_check_re_estimates_the_trained_resolutions(trained, tmp_path):
   """experiments/imagenette/recalibrated_bn.py: a network whose running statistics are the ones
@@ -355,7 +373,7 @@ def test_recalibrated_bn_check_re_estimates_the_trained_resolutions(trained, tmp
   spec.loader.exec_module(script)
   net, params, _ = trained
   config = small_config()
-  batches, used = data.recalibration_batches(config, net.resolutions, NUM_IMAGES)
+  batches, used = data.recalibration_batches(config, net.resolutions, NUM_IMAGES, views='train')
   assert used == 48 and len(batches) == 3 and batches[0].shape == (BATCH, 32, 32, 3)
   mean, std = preprocess.input_normalisation(config.data)
   stats = {res: recalibrate.recalibrated_stats(net, params, res, batches, used, mean, std)
@@ -365,3 +383,56 @@ def test_recalibrated_bn_check_re_estimates_the_trained_resolutions(trained, tmp
   rows = [line.split(' | ') for line in table.splitlines() if line[2:4].isdigit()]
   assert [int(r[0][2:]) for r in rows] == list(TRAINED)
   assert all(r[1] == r[2].rstrip(' |') for r in rows), table
+
+
+def test_edge_padding_gives_an_added_size_the_even_inputs_training_gave(trained, crops):
+  """Trained at 32 and 16, a strided convolution's input is even at both sizes for the stem
+  (32, 16) and the first blocks of layer2 (8, 4) and layer3 (4, 2), not layer4 (2, 1). At 24 the
+  layer3 one gets 3: with added_padding='edge' it sees 4, the last row and column repeated."""
+  net, params, stats = trained
+  assert rsnet._evened_convolutions(net) == (
+      ('conv1',), ('layer2_0', 'conv1'), ('layer2_0', 'downsample_conv'),
+      ('layer3_0', 'conv1'), ('layer3_0', 'downsample_conv'))
+  x = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
+  np.testing.assert_array_equal(rsnet.even_by_edge(x),
+                                np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode='edge'))
+  assert rsnet.even_by_edge(x[:, :2, :4]).shape == (2, 2, 4, 4)
+
+  edge_net, edge_params, edge_stats = rsnets_jax.add_resolution(net, params, stats, ADDED, crops,
+                                                                NUM_IMAGES)
+  zeros_net, _, zeros_stats = rsnets_jax.add_resolution(net, params, stats, ADDED, crops,
+                                                        NUM_IMAGES, padding='zeros')
+  assert (edge_net.added_padding, zeros_net.added_padding) == ('edge', 'zeros')
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):  # outside the padding: it sees the input as given
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and tuple(context.module.path) == ('layer3_0', 'conv1'):
+      seen['input'], seen['output'] = np.asarray(args[0]), np.asarray(out)
+    return out
+
+  image = preprocess.to_float(preprocess.resize(jnp.asarray(crops[0], jnp.float32), ADDED))
+  kernel = np.asarray(params['layer3_0']['conv1']['kernel'], np.float32)
+  logits = {}
+  for name, (n, s) in {'edge': (edge_net, edge_stats), 'zeros': (zeros_net, zeros_stats)}.items():
+    with flax.linen.intercept_methods(record):
+      logits[name] = n.apply(edge_params, s[ADDED], image)
+    x = seen['input']
+    assert x.shape[1:3] == (3, 3)
+    if name == 'edge':  # by hand: the last row and column repeated, then the usual convolution
+      x = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode='edge')
+    want = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(seen['output'], want, rtol=1e-4, atol=1e-4)
+  assert not np.allclose(logits['edge'], logits['zeros'], atol=1e-3)
+  # Trained sizes run as before; the padded convolutions' outputs keep their size, so do the MACs.
+  for res in TRAINED:
+    y = preprocess.to_float(preprocess.resize(jnp.asarray(crops[0], jnp.float32), res))
+    np.testing.assert_array_equal(edge_net.apply(edge_params, edge_stats[res], y),
+                                  net.apply(params, stats[res], y))
+  assert edge_net.macs(ADDED) == zeros_net.macs(ADDED)
+  # A network's added sizes share one padding.
+  with pytest.raises(ValueError, match="use padding 'edge'; add 20 the same way"):
+    rsnets_jax.add_resolution(edge_net, edge_params, edge_stats, 20, crops, NUM_IMAGES,
+                              padding='zeros')

@@ -24,7 +24,7 @@ from rsnets_jax.main import FLAGS  # --config and --workdir, as the training com
 def compare(config, workdir, num_images: int):
   net, params, stats = checkpoints.load(workdir, which=config.eval_checkpoint)
   mean, std = preprocess.input_normalisation(config.data)
-  batches, used = data.recalibration_batches(config, net.resolutions, num_images)
+  batches, used = data.recalibration_batches(config, net.resolutions, num_images, views='train')
   recalibrated = {res: recalibrate.recalibrated_stats(net, params, res, batches, used, mean, std)
                   for res in net.resolutions}
   mesh = sharding.make_mesh()

@@ -8,10 +8,10 @@ nothing of the project but `rsnets_jax.errors` and `rsnets_jax.storage`.
 """
 from rsnets_jax.data import folder, synthetic, tfds
 from rsnets_jax.data.transforms import CROP_FRACTION, DECODE_ERRORS, eval_view, open_image
-from rsnets_jax.data.pipeline import (check_config, eval_batches, recalibration_batches,
-                                      train_iterator)
-from rsnets_jax.data.sources import (DATA_SETS, PUBLISHED_CHECKPOINTS_DATA, DataSet,
-                                     DecodedSource, check_num_classes, class_names, describe,
+from rsnets_jax.data.pipeline import (RECALIBRATION_VIEWS, check_config, eval_batches,
+                                      recalibration_batches, train_iterator)
+from rsnets_jax.data.sources import (DATA_SETS, PUBLISHED_CHECKPOINTS_DATA, SUBSET_SEED, DataSet,
+                                     DecodedSource, seeded_subset, check_num_classes, class_names, describe,
                                      kind, make_source, num_classes, num_eval_examples,
                                      num_train_examples, register, report_name, with_data_dir)
 

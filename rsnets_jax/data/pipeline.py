@@ -189,13 +189,31 @@ def eval_batches(config, resolutions: Optional[Sequence[int]] = None,
   return EvalBatches(config, resolutions, process_index, process_count, source=source)
 
 
-def recalibration_batches(config, resolutions, num_images: int) -> Tuple[List[Any], int]:
-  """(whole batches of training crops, at least `num_images` images; their image count), cropped
-  at the largest of `resolutions` so an added larger one is not fed upsampled crops."""
+RECALIBRATION_VIEWS = ('eval', 'train')
+
+
+def recalibration_batches(config, resolutions, num_images: int,
+                          views: str = 'eval') -> Tuple[List[Any], int]:
+  """(batches that re-estimate BatchNorm statistics at `resolutions`, their image count).
+
+  'eval': the evaluation views of a seeded subset of `num_images` training images, each batch
+  {'images': {res: uint8 (B, res, res, 3)}}: every resolution's statistics come from the inputs it
+  is evaluated on. 'train': whole batches of training crops (at least `num_images` images),
+  cropped at the largest of `resolutions` so a larger added one is not fed upsampled crops."""
+  if views not in RECALIBRATION_VIEWS:
+    raise ValueError(f'views must be one of {RECALIBRATION_VIEWS}, got {views!r}')
   config = config.copy_and_resolve_references()
   config.model.resolutions = tuple(sorted(set(resolutions), reverse=True))
-  num_batches = -(-num_images // config.data.batch_size)
-  train_iter = train_iterator(config)
-  batches = [next(train_iter)['image'] for _ in range(num_batches)]
-  train_iter.close()  # stops the loader's worker processes
-  return batches, num_batches * config.data.batch_size
+  if views == 'train':
+    num_batches = -(-num_images // config.data.batch_size)
+    train_iter = train_iterator(config)
+    batches = [next(train_iter)['image'] for _ in range(num_batches)]
+    train_iter.close()  # stops the loader's worker processes
+    return batches, num_batches * config.data.batch_size
+  config.data.eval_batch_size = config.data.batch_size
+  chosen = sources.seeded_subset(sources.make_source(config.data, train=True), num_images)
+  batches = []
+  for batch in eval_batches(config, config.model.resolutions, 0, 1, source=chosen):
+    keep = np.asarray(batch['mask'])
+    batches.append({'images': {r: np.asarray(v)[keep] for r, v in batch['images'].items()}})
+  return batches, len(chosen)

@@ -210,3 +210,17 @@ class DecodedSource:
 
   def __getitem__(self, index: int):
     return self.records[index]
+
+
+SUBSET_SEED = 0  # which images a seeded subset holds (calibrations, evaluations of a subset)
+
+
+def seeded_subset(source: Sequence, num_images: int) -> Sequence:
+  """`num_images` records of `source` drawn at random (seeded), in the order drawn (0: `source`
+  itself). Not the first ones, nor in the source's order: those of a class-folder source
+  come class by class, and a batch of one class gives BatchNorm statistics without the spread
+  between classes."""
+  if num_images <= 0:
+    return source  # all of it, as it is
+  order = np.random.default_rng(SUBSET_SEED).permutation(len(source))[:num_images]
+  return [source[int(i)] for i in order]

@@ -130,5 +130,6 @@ def folded_apply(net: RSNet, folded, x, platforms: Optional[Sequence[str]] = Non
       return y + weights['bias']
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
+  # The added size's padding (outermost: it runs first) reaches the convolutions below.
+  with net.padding_at(x.shape[1]), nn.intercept_methods(interceptor):
     return module.apply({'params': folded}, x)

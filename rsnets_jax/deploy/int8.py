@@ -21,7 +21,6 @@ from rsnets_jax.deploy import formats
 from rsnets_jax.errors import ConfigError
 
 DEFAULT_CALIBRATION_IMAGES = 512
-SUBSET_SEED = 0  # which training images calibrate, and which validation images evaluate a subset
 BATCH = 32  # images per onnxruntime call while calibrating and evaluating
 
 
@@ -42,13 +41,9 @@ def data_config(meta: Dict[str, Any], data_dir: Optional[str] = None) -> ml_coll
   return config
 
 
-def subset(source: Sequence, num_images: int) -> Sequence:
-  """`num_images` records of `source` drawn at random (seeded), or all of it when it has no more:
-  the first ones of a class-folder source would all be of one class."""
-  if num_images <= 0 or num_images >= len(source):
-    return source
-  order = np.random.default_rng(SUBSET_SEED).permutation(len(source))[:num_images]
-  return [source[int(i)] for i in np.sort(order)]
+# Which training images calibrate and which validation images evaluate a subset: data's seeded
+# subset, as everywhere in the project.
+subset, SUBSET_SEED = data.seeded_subset, data.SUBSET_SEED
 
 
 def views(config, res: int, source: Sequence) -> Iterable[Dict[str, np.ndarray]]:

@@ -54,7 +54,8 @@ def row(manifest: Dict[str, Any], res: int) -> Dict[str, Any]:
     if r['resolution'] == res:
       return r
   have = [r['resolution'] for r in manifest['resolutions']]
-  raise ConfigError(f'the model has no resolution {res}; it has {have}')
+  raise ConfigError(f'the model has no resolution {res}; it has {have} (add one to the network '
+                    f'with python -m rsnets_jax.add_resolutions, then export it again)')
 
 
 def measured_latency(r: Dict[str, Any], runtime: str) -> Optional[float]:

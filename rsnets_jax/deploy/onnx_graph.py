@@ -1,7 +1,7 @@
 """An ONNX model of a JAX inference function, translated from its jaxpr (needs `onnx`).
 
 Known primitives are those of a folded RS-Net (elementwise arithmetic, convolution, max pooling,
-sums, matmul, casts, wrapping calls); others are refused by name. Constant-only computations are
+sums, matmul, casts, slices and concatenation, wrapping calls); others are refused by name. Constant-only computations are
 done here, once; weights become initializers. JAX is NHWC, ONNX's Conv and MaxPool NCHW: each
 tensor carries `perm` (the JAX axis each stored axis holds), constants are transposed to the
 tensor they meet, and a Transpose is emitted only where an op needs another order (once, on the
@@ -187,6 +187,28 @@ class _Translator:
                       strides=[strides[a] for a in spatial],
                       pads=[padding[a][0] for a in spatial] + [padding[a][1] for a in spatial])
     return Tensor(out, x.perm)
+
+  def _slice(self, eqn, x):
+    p = eqn.params
+    starts, limits = p['start_indices'], p['limit_indices']
+    strides = p['strides'] or (1,) * len(starts)
+    axes = [a for a in range(len(starts)) if (starts[a], limits[a], strides[a]) !=
+            (0, eqn.invars[0].aval.shape[a], 1)]
+
+    def ints(values):
+      return self.b.constant(np.asarray(values, np.int64))
+    out = self.b.node('Slice', [x.name, ints([starts[a] for a in axes]),
+                                ints([limits[a] for a in axes]),
+                                ints([x.perm.index(a) for a in axes]),
+                                ints([strides[a] for a in axes])])
+    return Tensor(out, x.perm)
+
+  def _concatenate(self, eqn, *operands):
+    like = next(o for o in operands if isinstance(o, Tensor))
+    dtype = eqn.outvars[0].aval.dtype
+    names = [self.b.operand(o, like, dtype) for o in operands]
+    out = self.b.node('Concat', names, axis=like.perm.index(eqn.params['dimension']))
+    return Tensor(out, like.perm)
 
   def _reduce_sum(self, eqn, x):
     axes = tuple(eqn.params['axes'])

@@ -103,7 +103,7 @@ def affine_apply(net: RSNet, weights: Dict[str, Any], affine: Dict[str, Any], x,
                                mod.padding, platforms)
     return next_fun(*args, **kwargs)
 
-  with nn.intercept_methods(interceptor):
+  with net.padding_at(x.shape[1]), nn.intercept_methods(interceptor):
     return module.apply({'params': _nested(dict(weights))}, x)
 
 

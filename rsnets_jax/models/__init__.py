@@ -9,6 +9,7 @@ registering its networks with what they support (`architecture.Architecture`): `
 # The families register their architectures when imported.
 from rsnets_jax.models import lq_resnet, mobilenet, resnet  # noqa: F401
 from rsnets_jax.models.architecture import ARCHITECTURES, Architecture
-from rsnets_jax.models.rsnet import RESOLUTION_KEY, RSNet, create_model, trainable
+from rsnets_jax.models.rsnet import (ADDED_PADDINGS, RESOLUTION_KEY, RSNet, create_model,
+                                     trainable)
 
 __all__ = ['ARCHITECTURES', 'Architecture', 'RESOLUTION_KEY', 'RSNet', 'create_model', 'trainable']

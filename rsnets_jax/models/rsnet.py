@@ -6,7 +6,14 @@ r as the leaf `stats[r]['resolution']`: a wrong-size input is caught, not given 
 
 `extra_resolutions` (BatchNorm added after training, `rsnets_jax.add_resolution`) run but have no
 `alpha` and no part in training or the ensemble; `all_resolutions` lists both kinds.
+
+`added_padding` says what an added size's strided convolutions see past an odd input. 'zeros' (as
+a trained size would): zero padding enters their last window. 'edge': a strided convolution whose
+input is even at every training resolution gets an odd input made even by repeating its last row
+and column first, so its last window sees image content there, as in training (measured in
+experiments/imagenette/RESULTS.md, "Resolutions between the trained ones").
 """
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -24,6 +31,7 @@ from rsnets_jax.models.quantizers import QUANTIZER_TARGETS, QUANTIZERS
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 RESOLUTION_KEY = 'resolution'
+ADDED_PADDINGS = ('zeros', 'edge')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,7 @@ class RSNet:
   weight_bits: int = quantizers.FULL_PRECISION
   activation_bits: int = quantizers.FULL_PRECISION
   extra_resolutions: Tuple[int, ...] = ()
+  added_padding: str = 'zeros'
 
   def __post_init__(self):
     spec = architecture.get(self.arch)
@@ -60,6 +69,9 @@ class RSNet:
       raise ConfigError(f'extra_resolutions must be distinct, positive and not training '
                        f'resolutions, got {self.extra_resolutions} with resolutions {res}')
     object.__setattr__(self, 'extra_resolutions', tuple(sorted(extra, reverse=True)))
+    if self.added_padding not in ADDED_PADDINGS:
+      raise ConfigError(f'added_padding must be one of {ADDED_PADDINGS}, got '
+                        f'{self.added_padding!r}')
     if self.dtype not in DTYPES:
       raise ConfigError(f'dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
     if quantizers.quantized(self.weight_bits) and not spec.quantizes_weights:
@@ -87,6 +99,21 @@ class RSNet:
         resolutions=self.resolutions, num_classes=self.num_classes, shared_bn=self.shared_bn,
         bn_group_size=self.bn_group_size, dtype=DTYPES[self.dtype],
         extra_resolutions=self.extra_resolutions)
+
+  def padding_at(self, res: int):
+    """The context in which the module runs at `res`: at an added size with
+    `added_padding='edge'`, the strided convolutions of `_evened_convolutions` get an odd input
+    made even by repeating its last row and column (`even_by_edge`); elsewhere nothing changes."""
+    if self.added_padding != 'edge' or res in self.resolutions:
+      return contextlib.nullcontext()
+    paths = _evened_convolutions(self)
+
+    def pad(next_fun, args, kwargs, context):
+      if (context.method_name == '__call__' and isinstance(context.module, Conv) and
+          tuple(context.module.path) in paths):
+        args = (even_by_edge(args[0]), *args[1:])
+      return next_fun(*args, **kwargs)
+    return nn.intercept_methods(pad)
 
   def config(self) -> Dict[str, Any]:
     """Everything needed to rebuild this network (stored beside checkpoints)."""
@@ -136,11 +163,12 @@ class RSNet:
     """`apply` on untagged statistics. `train=True`: (logits, updated statistics, quantizer refit
     targets; {} for a full-precision network)."""
     variables = {**_variables(params), 'batch_stats': batch_stats}
-    if train:
-      logits, updated = self.module.apply(variables, x, train=True,
-                                          mutable=['batch_stats', QUANTIZER_TARGETS])
-      return logits, updated['batch_stats'], updated.get(QUANTIZER_TARGETS, {})
-    return self.module.apply(variables, x)
+    with self.padding_at(x.shape[1]):
+      if train:
+        logits, updated = self.module.apply(variables, x, train=True,
+                                            mutable=['batch_stats', QUANTIZER_TARGETS])
+        return logits, updated['batch_stats'], updated.get(QUANTIZER_TARGETS, {})
+      return self.module.apply(variables, x)
 
   def update_quantizers(self, params, targets_by_resolution, activations_from_largest_only=False):
     """`params` with the quantizers moved by `forward(train=True)`'s targets, one update per
@@ -156,8 +184,9 @@ class RSNet:
     like the untagged `stats[r]` (what recalibration averages)."""
     self.resolution_of(x)
     # The running statistics are created (and discarded): train mode never reads them.
-    _, variables = self.module.apply(_variables(params), x, train=True,
-                                     mutable=['batch_stats', BATCH_MOMENTS])
+    with self.padding_at(x.shape[1]):
+      _, variables = self.module.apply(_variables(params), x, train=True,
+                                       mutable=['batch_stats', BATCH_MOMENTS])
     return variables[BATCH_MOMENTS]
 
   def resolution_of(self, x) -> int:
@@ -169,7 +198,8 @@ class RSNet:
     res = int(x.shape[1])
     if res not in self.all_resolutions:
       raise ValueError(f'this network has BatchNorm for resolutions {self.all_resolutions}, not '
-                       f'{res}; rsnets_jax.add_resolution adds one')
+                       f'{res}; rsnets_jax.add_resolution (python -m rsnets_jax.add_resolutions) '
+                       f'adds one')
     return res
 
   @staticmethod
@@ -216,7 +246,40 @@ def _variables(params):
 @functools.lru_cache(maxsize=256)
 def _macs(net: RSNet, res: int) -> int:
   # Counting traces the network; every report asks again for the same numbers.
-  return count_macs(net.module, res)
+  with net.padding_at(res):
+    return count_macs(net.module, res)
+
+
+def even_by_edge(x):
+  """NHWC `x` with an odd height or width made even by repeating its last row or column."""
+  for axis in (1, 2):
+    if x.shape[axis] % 2:
+      last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+      x = jnp.concatenate([x, last], axis=axis)
+  return x
+
+
+def strided_inputs(net: RSNet, res: int) -> Dict[Tuple[str, ...], int]:
+  """{path of each strided convolution: the height of its input} at `res`, by tracing."""
+  sizes = {}
+
+  def record(next_fun, args, kwargs, context):
+    mod = context.module
+    if context.method_name == '__call__' and isinstance(mod, Conv) and mod.strides > 1:
+      sizes[tuple(mod.path)] = args[0].shape[1]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda x: net.module.init(jax.random.key(0), x),
+                   jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32))
+  return sizes
+
+
+@functools.lru_cache(maxsize=64)
+def _evened_convolutions(net: RSNet) -> Tuple[Tuple[str, ...], ...]:
+  """The strided convolutions whose input is even at every training resolution."""
+  per_res = [strided_inputs(net, r) for r in net.resolutions]
+  return tuple(sorted(p for p in per_res[0] if all(s[p] % 2 == 0 for s in per_res)))
 
 
 def count_macs(module: nn.Module, res: int) -> int:

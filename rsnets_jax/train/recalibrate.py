@@ -16,6 +16,10 @@ from rsnets_jax.data import preprocess
 from rsnets_jax.models import RESOLUTION_KEY, RSNet
 
 DEFAULT_NUM_IMAGES = 2048
+# How an added size is made, by measurement (experiments/imagenette/RESULTS.md, "Resolutions
+# between the trained ones"): odd inputs of the strided convolutions padded from the edge, and
+# statistics from the evaluation views of training images.
+DEFAULT_PADDING, DEFAULT_VIEWS = 'edge', 'eval'
 
 log = logging.getLogger('rsnets_jax')
 
@@ -38,16 +42,21 @@ def copy_affine(params, src: int, res: int):
   return out
 
 
-def _images(batch):
-  return batch['image'] if isinstance(batch, dict) else batch
+def _images(batch, res: int):
+  """A batch's images: an array, a training batch {'image': ...} or per-resolution views
+  {'images': {res: ...}} (`data.recalibration_batches`)."""
+  if isinstance(batch, dict):
+    return batch['images'][res] if 'images' in batch else batch['image']
+  return batch
 
 
 def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
                        num_images: int = DEFAULT_NUM_IMAGES, mean: Optional[Sequence[float]] = None,
                        std: Optional[Sequence[float]] = None) -> Dict[str, Any]:
   """`stats[res]` of `net` (tagged, as `net.init` makes it) from `batches` of uint8 images
-  (B, H, W, 3), or dicts of them under 'image' (as `data.train_iterator`), resized and scaled as
-  the training step does. Whole batches until `num_images` are seen; statistics per batch/group."""
+  (B, H, W, 3), dicts of them under 'image' (as `data.train_iterator`), or views per resolution
+  (`data.recalibration_batches`), resized (when not `res` already) and scaled as the training
+  step does. Whole batches until `num_images` are seen; statistics per batch/group."""
   if num_images < 1:
     raise ValueError(f'num_images must be positive, got {num_images}')
   _, shapes = net.init_shapes()
@@ -63,7 +72,7 @@ def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
   for batch in batches:
     if seen >= num_images:
       break
-    images = _images(batch)
+    images = _images(batch, res)
     totals = add_batch(totals, params, images)
     num_batches += 1
     seen += int(images.shape[0])
@@ -76,8 +85,10 @@ def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
   return {RESOLUTION_KEY: jnp.int32(res), **stats}
 
 
-def _extend(net: RSNet, params, res: int, source: int) -> Tuple[RSNet, Any]:
-  """`net` with `res` added and `params` with its BatchNorm affine copied from `source`'s."""
+def _extend(net: RSNet, params, res: int, source: int,
+            padding: Optional[str] = None) -> Tuple[RSNet, Any]:
+  """`net` with `res` added (its added sizes padded as `padding`, see `RSNet.added_padding`;
+  None: as the net's) and `params` with its BatchNorm affine copied from `source`'s."""
   res = int(res)
   if res <= 0:
     raise ValueError(f'a resolution must be positive, got {res}')
@@ -86,7 +97,12 @@ def _extend(net: RSNet, params, res: int, source: int) -> Tuple[RSNet, Any]:
     raise ValueError(f'{res} is already {kind} resolution of this network')
   if source not in net.resolutions:
     raise ValueError(f'{source} is not a training resolution of this network {net.resolutions}')
-  net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,))
+  padding = net.added_padding if padding is None else padding
+  if net.extra_resolutions and padding != net.added_padding:
+    raise ValueError(f'the sizes already added to this network ({list(net.extra_resolutions)}) '
+                     f'use padding {net.added_padding!r}; add {res} the same way')
+  net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,),
+                             added_padding=padding)
   # With a shared BatchNorm one affine pair serves every resolution already.
   params2 = params if net.shared_bn else copy_affine(params, source, res)
   want = net2.init_shapes()[0]
@@ -97,12 +113,15 @@ def _extend(net: RSNet, params, res: int, source: int) -> Tuple[RSNet, Any]:
 
 def add_resolution(net: RSNet, params, stats: Dict[int, Any], res: int, batches: Iterable[Any],
                    num_images: int = DEFAULT_NUM_IMAGES, mean: Optional[Sequence[float]] = None,
-                   std: Optional[Sequence[float]] = None) -> Tuple[RSNet, Any, Dict[int, Any]]:
+                   std: Optional[Sequence[float]] = None,
+                   padding: str = DEFAULT_PADDING) -> Tuple[RSNet, Any, Dict[int, Any]]:
   """`(net2, params2, stats2)`: the network extended to the untrained `res` (an extra resolution),
-  its BatchNorm affine copied from `nearest_resolution`, `stats2[res]` by `recalibrated_stats`.
+  its BatchNorm affine copied from `nearest_resolution`, `stats2[res]` by `recalibrated_stats`
+  from `batches` (best: `data.recalibration_batches`' evaluation views), its strided
+  convolutions padded as `padding` ('edge', or 'zeros' as before 2026-12-05: `RSNet.added_padding`).
   Training resolutions, `alpha` and the ensemble are unchanged; no input is modified."""
   res = int(res)
-  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, res))
+  net2, params2 = _extend(net, params, res, nearest_resolution(net.resolutions, res), padding)
   new_stats = recalibrated_stats(net2, params2, res, batches, num_images, mean, std)
   return net2, params2, {**stats, res: new_stats}
 
