@@ -1,9 +1,10 @@
-"""Why added resolutions land below their trained neighbours, measured: one table, each row a
-change from today's procedure for adding a size (`rsnets_jax.add_resolution`: BatchNorm affine
-parameters copied from the nearest trained size, statistics re-estimated from training crops).
+"""Why added resolutions landed below their trained neighbours, measured: one table, each row a
+change from the earlier procedure for adding a size ("today": BatchNorm affine parameters copied
+from the nearest trained size, statistics re-estimated from training crops, zero padding), and the
+product's `rsnets_jax.add_resolution` as it is now.
 
     PYTHONPATH=. python experiments/imagenette/unseen_sizes.py \
-        --config=experiments/imagenette/config.py:cpu_long --config.data.data_dir=DIR \
+        --config=experiments/imagenette/config.py:cpu_tuned --config.data.data_dir=DIR \
         --workdir=runs/imagenette/cpu_tuned/runs/ens_topdown/seed0 --workdir=... \
         --out=runs/imagenette/unseen_sizes
 
