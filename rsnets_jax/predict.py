@@ -15,12 +15,12 @@ view, and the top classes with their probabilities. An image that cannot be read
 The cascade (rsnets_jax/deploy/cascade.py):
 
     python -m rsnets_jax.predict --model=D --cascade-calibrate [--max-drop=0.5 | --mean-ms=0.2 |
-        --mean-macs=2e6] [--cost=time] [--rule=ensemble] [--cascade-resolutions=32,48,64]
-        [--data-dir=DIR] [--calibration-images=1000] [--runtime=jax] [--batch-size=64]
+        --mean-macs=2e6] [--cost=time] [--rule=margin] [--cascade-resolutions=32,48,64]
+        [--data-dir=DIR] [--calibration-images=4000] [--runtime=jax] [--batch-size=64]
     python -m rsnets_jax.predict --model=D --cascade [--cascade-file=D/cascade.json]
         [--runtime=jax] [--batch-size=64] photo1.jpg photo2.jpg ...
     python -m rsnets_jax.predict --model=D --cascade --cascade-resolutions=32,64 --thresholds=0.8
-        [--rule=ensemble] photo1.jpg ...
+        [--rule=margin] photo1.jpg ...
 
 `--cascade-calibrate` picks the resolutions (a subset of `--cascade-resolutions`, default all,
 keeping the largest) and thresholds on a seeded subset of `--calibration-images` training images
