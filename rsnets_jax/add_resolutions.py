@@ -10,12 +10,13 @@ resolution gets the BatchNorm affine parameters of the nearest training resoluti
 larger), its strided convolutions' odd inputs padded from the edge where every training
 resolution gives them even ones (`--padding=zeros`: zero padding, as before), and running
 statistics re-estimated at that resolution from the evaluation views of `--num_images` training
-images (`--views=train`: from training crops, as before) (`rsnets_jax.add_resolution`). The extended network is saved to `--dst` (default
-<workdir>/with_resolutions), where `rsnets_jax.load` reads it, together with results.json,
-results.md and accuracy_vs_macs.png: every resolution on the validation set, the added ones marked
-as not trained. The config gives the data (dataset, data_dir, batch sizes, input scaling) and
-takes the same `--config.field=value` overrides as `rsnets_jax.main`; the network (architecture,
-training resolutions) comes from the checkpoint.
+images (`--views=train`: from training crops, as before) (`rsnets_jax.add_resolution`). The
+extended network is saved to `--dst` (default <workdir>/with_resolutions), where
+`rsnets_jax.load` reads it, together with results.json, results.md and accuracy_vs_macs.png:
+every resolution on the validation set, the added ones marked as not trained. The config gives
+the data (dataset, data_dir, batch sizes, input scaling) and takes the same `--config.field=value`
+overrides as `rsnets_jax.main`; the network (architecture, training resolutions) comes from the
+checkpoint.
 """
 import sys
 

@@ -258,7 +258,7 @@ def test_calibration_meets_its_target_on_the_calibration_images(model):
   # The int8 calibration's seeded subset of the training images.
   views, labels, about = cascade.calibration_data(manifest, RESOLUTIONS, None, 30)
   config = int8.data_config({}, str(folders))
-  chosen = int8.subset(data.make_source(config.data, train=True), 30)
+  chosen = data.seeded_subset(data.make_source(config.data, train=True), 30)
   assert about['images'] == 30 and about['split'] == 'training'
   assert labels.tolist() == [r['label'] for r in chosen]
   stage_logits = cascade.logits_at(models, views)

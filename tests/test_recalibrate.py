@@ -433,6 +433,7 @@ def test_edge_padding_gives_an_added_size_the_even_inputs_training_gave(trained,
                                   net.apply(params, stats[res], y))
   assert edge_net.macs(ADDED) == zeros_net.macs(ADDED)
   # A network's added sizes share one padding.
-  with pytest.raises(ValueError, match="use padding 'edge'; add 20 the same way"):
+  with pytest.raises(ValueError,
+                     match=r"use padding 'edge' \(--padding=edge\); add 20 the same way"):
     rsnets_jax.add_resolution(edge_net, edge_params, edge_stats, 20, crops, NUM_IMAGES,
                               padding='zeros')

@@ -11,9 +11,10 @@ from rsnets_jax.data.transforms import CROP_FRACTION, DECODE_ERRORS, eval_view, 
 from rsnets_jax.data.pipeline import (RECALIBRATION_VIEWS, check_config, eval_batches,
                                       recalibration_batches, train_iterator)
 from rsnets_jax.data.sources import (DATA_SETS, PUBLISHED_CHECKPOINTS_DATA, SUBSET_SEED, DataSet,
-                                     DecodedSource, seeded_subset, check_num_classes, class_names, describe,
+                                     DecodedSource, check_num_classes, class_names, describe,
                                      kind, make_source, num_classes, num_eval_examples,
-                                     num_train_examples, register, report_name, with_data_dir)
+                                     num_train_examples, register, report_name, seeded_subset,
+                                     with_data_dir)
 
 # One line per kind of data set: config.data.dataset names it.
 register(synthetic.SYNTHETIC)

@@ -9,7 +9,7 @@ the ensemble of them, as the RS-Net was trained to combine them) and how confide
 below 1: thresholds of 0 send every image out at the first stage, thresholds of 1 none.
 
 Thresholds are calibrated (`calibrate`, `calibrate_model`) on a seeded subset of the training
-images (the int8 calibration's subset, deploy/int8.py), for a target the user gives: top-1 within
+images (`data.seeded_subset`, as int8 calibration), for a target the user gives: top-1 within
 `max_drop` points of the largest resolution's at the least cost (`WithinAccuracy`), or the best
 top-1 within a mean cost per image (`WithinBudget`). A cost (`COSTS`) is the time per image of
 each resolution measured at the batch size on the runtime, or its MACs (the manifest's). The
@@ -491,10 +491,10 @@ def calibration_data(manifest: Dict[str, Any], resolutions: Sequence[int],
     raise ConfigError(f'{data.describe(config.data)} has {data.num_classes(config, train)} '
                       f'classes, the network {manifest["num_classes"]}: calibration needs '
                       f'images of its own classes')
-  chosen = int8.subset(train, num_images)
+  chosen = data.seeded_subset(train, num_images)
   arrays, labels = eval_views(config, resolutions, chosen)
   about = {'data': data.report_name(config.data), 'split': 'training', 'images': len(labels),
-           'seed': int8.SUBSET_SEED,
+           'seed': data.SUBSET_SEED,
            'view': 'rsnets_jax.data.eval_view (per resolution, bilinear), as predict makes it'}
   return arrays, labels, about
 

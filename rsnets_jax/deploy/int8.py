@@ -41,11 +41,6 @@ def data_config(meta: Dict[str, Any], data_dir: Optional[str] = None) -> ml_coll
   return config
 
 
-# Which training images calibrate and which validation images evaluate a subset: data's seeded
-# subset, as everywhere in the project.
-subset, SUBSET_SEED = data.seeded_subset, data.SUBSET_SEED
-
-
 def views(config, res: int, source: Sequence) -> Iterable[Dict[str, np.ndarray]]:
   """Batches {'images': uint8 (B, res, res, 3), 'labels', 'mask'} of `source`'s eval views."""
   for batch in data.eval_batches(config, (res,), source=source):
@@ -152,8 +147,8 @@ class Calibration:
     self.config = data_config(meta, data_dir)
     train = data.make_source(self.config.data, train=True)
     val = data.make_source(self.config.data, train=False)
-    self.calibration = subset(train, calibration_images)
-    self.evaluation = subset(val, eval_images)
+    self.calibration = data.seeded_subset(train, calibration_images)
+    self.evaluation = data.seeded_subset(val, eval_images)
     self.labelled = data.num_classes(self.config, train) == num_classes
     self.about = {
         'method': "onnxruntime static quantization, QDQ: int8 weights per output channel, uint8 "

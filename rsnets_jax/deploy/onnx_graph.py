@@ -1,11 +1,11 @@
 """An ONNX model of a JAX inference function, translated from its jaxpr (needs `onnx`).
 
 Known primitives are those of a folded RS-Net (elementwise arithmetic, convolution, max pooling,
-sums, matmul, casts, slices and concatenation, wrapping calls); others are refused by name. Constant-only computations are
-done here, once; weights become initializers. JAX is NHWC, ONNX's Conv and MaxPool NCHW: each
-tensor carries `perm` (the JAX axis each stored axis holds), constants are transposed to the
-tensor they meet, and a Transpose is emitted only where an op needs another order (once, on the
-input image).
+sums, matmul, casts, slices and concatenation, wrapping calls); others are refused by name.
+Constant-only computations are done here, once; weights become initializers. JAX is NHWC, ONNX's
+Conv and MaxPool NCHW: each tensor carries `perm` (the JAX axis each stored axis holds), constants
+are transposed to the tensor they meet, and a Transpose is emitted only where an op needs another
+order (once, on the input image).
 """
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple

@@ -4,9 +4,10 @@ added to its checkpoint (recalibrate.py), saved beside it, and evaluated with th
 Reads the checkpoint and never writes there. Each resolution gets the BatchNorm affine parameters
 of the nearest training resolution, its strided convolutions' odd inputs padded from the edge
 (`RSNet.added_padding`), and running statistics re-estimated at that resolution from the
-evaluation views of training images (`padding='zeros'`, `views='train'`: the earlier procedure). The extended network is saved where `rsnets_jax.load` reads it, with
-results.json, results.md and accuracy_vs_macs.png: every resolution on the validation set, the
-added ones marked as not trained.
+evaluation views of training images (`padding='zeros'`, `views='train'`: the earlier
+procedure). The extended network is saved where `rsnets_jax.load` reads it, with results.json,
+results.md and accuracy_vs_macs.png: every resolution on the validation set, the added ones
+marked as not trained.
 """
 import logging
 import os
@@ -20,7 +21,7 @@ from rsnets_jax.errors import ConfigError
 from rsnets_jax.train import reports, sharding
 from rsnets_jax.train.evaluate import run_eval
 from rsnets_jax.train.recalibrate import (DEFAULT_NUM_IMAGES, DEFAULT_PADDING, DEFAULT_VIEWS,
-                                         add_resolution, nearest_resolution)
+                                         add_resolution, check_padding, nearest_resolution)
 
 log = logging.getLogger('rsnets_jax')
 
@@ -65,9 +66,7 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   given_config = config.to_dict()
   mean, std = preprocess.input_normalisation(config.data)
 
-  if net.extra_resolutions and padding != net.added_padding:
-    raise ConfigError(f'the sizes already added ({list(net.extra_resolutions)}) use '
-                      f'--padding={net.added_padding}; add these the same way')
+  check_padding(net, padding, resolutions)  # before the images are read
   batches, used = data.recalibration_batches(config, set(net.resolutions) | set(resolutions),
                                              num_images, views)
 

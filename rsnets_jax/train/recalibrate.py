@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rsnets_jax.data import preprocess
+from rsnets_jax.errors import ConfigError
 from rsnets_jax.models import RESOLUTION_KEY, RSNet
 
 DEFAULT_NUM_IMAGES = 2048
@@ -85,6 +86,15 @@ def recalibrated_stats(net: RSNet, params, res: int, batches: Iterable[Any],
   return {RESOLUTION_KEY: jnp.int32(res), **stats}
 
 
+def check_padding(net: RSNet, padding: str, resolutions: Sequence[int]):
+  """A ConfigError unless `resolutions` can be added with `padding`: a network's added sizes
+  share one (`RSNet.added_padding`)."""
+  if net.extra_resolutions and padding != net.added_padding:
+    raise ConfigError(f'the sizes already added to this network ({list(net.extra_resolutions)}) '
+                      f'use padding {net.added_padding!r} (--padding={net.added_padding}); add '
+                      f'{", ".join(map(str, resolutions))} the same way')
+
+
 def _extend(net: RSNet, params, res: int, source: int,
             padding: Optional[str] = None) -> Tuple[RSNet, Any]:
   """`net` with `res` added (its added sizes padded as `padding`, see `RSNet.added_padding`;
@@ -98,9 +108,7 @@ def _extend(net: RSNet, params, res: int, source: int,
   if source not in net.resolutions:
     raise ValueError(f'{source} is not a training resolution of this network {net.resolutions}')
   padding = net.added_padding if padding is None else padding
-  if net.extra_resolutions and padding != net.added_padding:
-    raise ValueError(f'the sizes already added to this network ({list(net.extra_resolutions)}) '
-                     f'use padding {net.added_padding!r}; add {res} the same way')
+  check_padding(net, padding, [res])
   net2 = dataclasses.replace(net, extra_resolutions=net.extra_resolutions + (res,),
                              added_padding=padding)
   # With a shared BatchNorm one affine pair serves every resolution already.
