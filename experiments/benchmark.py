@@ -5,6 +5,7 @@ anchor (`torch_rs_resnet18.py`), so that the two can be compared as a ratio on t
     PYTHONPATH=. python experiments/benchmark.py --arch lq_preact_resnet18 --weight-bits 2 \
         --activation-bits 2 [--no-refit]
     PYTHONPATH=. python experiments/benchmark.py --res 64 56 48 40 32 --batch 32 --trace=/tmp/t
+    PYTHONPATH=. python experiments/benchmark.py --res 64 56 48 40 32 --between 60 52 44 36
 
 The step is the product's own (`rsnets_jax.train.step.make_train_step`: on-device views of every
 resolution, forward and backward through the shared weights, RS-Nets loss, SGD), fed the same
@@ -54,6 +55,8 @@ def parse_args(argv=None):
   ap.add_argument('--devices', type=int, default=None, help='use the first N devices (default all)')
   ap.add_argument('--weight-bits', type=int, default=32)
   ap.add_argument('--activation-bits', type=int, default=32)
+  ap.add_argument('--between', type=int, nargs='*', default=[],
+                  help='config.between_resolutions: sizes of which each step also trains one')
   ap.add_argument('--no-refit', action='store_true', help='quantized networks: skip the refits')
   ap.add_argument('--trace', metavar='DIR', help='also trace 3 steps with jax.profiler into DIR '
                   'and print where their time goes (CPU: per kind of XLA operation)')
@@ -66,6 +69,7 @@ def make_config(args):
                       dtype=args.dtype, num_classes=args.classes, width=args.width,
                       weight_bits=args.weight_bits, activation_bits=args.activation_bits)
   config.data.batch_size = args.batch
+  config.between_resolutions = tuple(args.between)
   return config
 
 
@@ -187,7 +191,7 @@ def main(argv=None):
       'framework': 'jax ' + jax.__version__, 'variant': args.dtype,
       'device': devices[0].device_kind, 'devices': len(devices), 'arch': args.arch,
       'bits': f'W{args.weight_bits}/A{args.activation_bits}', 'refit': not args.no_refit,
-      'batch': args.batch, 'res': list(config.model.resolutions),
+      'batch': args.batch, 'res': list(config.model.resolutions), 'between': list(args.between),
       'warmup_s': round(warmup_s, 1), 'warmup3_s': round(warmup3_s, 1),
       'compile_s': round(compile_s, 1), 'step_ms': round(step_s * 1e3, 2),
       'train_img_s': round(args.batch / step_s, 1), 'peak_mem_gib': round(peak, 2), 'loss': loss,

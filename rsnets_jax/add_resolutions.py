@@ -2,15 +2,16 @@
 
     python -m rsnets_jax.add_resolutions --config=configs/imagenette.py --workdir=runs/imagenette \
         --resolutions=120,104,88,72 [--num_images=2048] [--dst=DIR] [--padding=edge]
-        [--views=eval]
+        [--views=eval] [--affine=interpolated]
 
 Reads the work directory's checkpoint (the latest; `--config.eval_checkpoint=best` for the best;
 `--workdir` may also be a directory written by the converter) and never writes there. Each
-resolution gets the BatchNorm affine parameters of the nearest training resolution (ties to the
-larger), its strided convolutions' odd inputs padded from the edge where every training
-resolution gives them even ones (`--padding=zeros`: zero padding, as before), and running
-statistics re-estimated at that resolution from the evaluation views of `--num_images` training
-images (`--views=train`: from training crops, as before) (`rsnets_jax.add_resolution`). The
+resolution gets the BatchNorm affine parameters interpolated between its training neighbours
+(`--affine=nearest`: the nearest one's, as before), its strided convolutions' odd inputs padded
+from the edge where every training resolution gives them even ones (`--padding=zeros`: zero
+padding, as before), and running statistics re-estimated at that resolution from the evaluation
+views of `--num_images` training images (`--views=train`: from training crops, as before)
+(`rsnets_jax.add_resolution`). The
 extended network is saved to `--dst` (default <workdir>/with_resolutions), where
 `rsnets_jax.load` reads it, together with results.json, results.md and accuracy_vs_macs.png:
 every resolution on the validation set, the added ones marked as not trained. The config gives
@@ -27,6 +28,7 @@ from rsnets_jax.errors import ConfigError
 from rsnets_jax.main import FLAGS  # --config and --workdir, as the training command
 from rsnets_jax.models import ADDED_PADDINGS
 from rsnets_jax.train import add_resolutions as job
+from rsnets_jax.train.recalibrate import AFFINES
 
 flags.DEFINE_list('resolutions', None, 'Resolutions to add, comma-separated: 120,104,88,72.')
 flags.register_validator(
@@ -41,6 +43,9 @@ flags.DEFINE_enum('padding', job.DEFAULT_PADDING, list(ADDED_PADDINGS),
 flags.DEFINE_enum('views', job.DEFAULT_VIEWS, list(data.RECALIBRATION_VIEWS),
                   'The images that re-estimate the statistics: evaluation views of training '
                   'images, or training crops.')
+flags.DEFINE_enum('affine', job.DEFAULT_AFFINE, list(AFFINES),
+                  "An added size's BatchNorm scale and shift: interpolated between its training "
+                  "neighbours, or the nearest one's.")
 flags.DEFINE_string('dst', None, f'Where the extended checkpoint and reports go '
                     f'(default: <workdir>/{job.DEFAULT_SUBDIR}).')
 flags.mark_flags_as_required(['resolutions'])
@@ -56,7 +61,7 @@ def main(argv):
     if config.distributed:
       raise ConfigError('adding resolutions runs in one process; drop --config.distributed')
     job.add_resolutions(config, FLAGS.workdir, [int(r) for r in FLAGS.resolutions],
-                        FLAGS.num_images, FLAGS.dst, FLAGS.padding, FLAGS.views)
+                        FLAGS.num_images, FLAGS.dst, FLAGS.padding, FLAGS.views, FLAGS.affine)
   sys.exit(cli.run_command(body))
 
 

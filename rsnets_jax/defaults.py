@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.refit_activations_from_largest_only = False
 
   c.distillation = 'ens_topdown'       # none | ens | ens_topdown (the published models)
+  # Sizes strictly between the smallest and largest resolution, one drawn per step and trained as
+  # an added size (train/step.py; not the paper's recipe). (): off.
+  c.between_resolutions = ()
   c.num_epochs = 120
   c.seed = 0                           # initial weights, data order, crops and flips
 
@@ -124,8 +127,9 @@ def check(config: ml_collections.ConfigDict):
   describe a run, before any work. Each rule lives with the code that owns the value."""
   # pylint: disable-next=import-outside-toplevel
   from rsnets_jax import data
-  from rsnets_jax.train import loop, losses, optim  # pylint: disable=import-outside-toplevel
+  from rsnets_jax.train import loop, losses, optim, step  # pylint: disable=import-outside-toplevel
   data.check_config(config.data)
   optim.check_config(config.optim)
   losses.check_config(config.distillation)
+  step.check_config(config)
   loop.check_config(config)

@@ -1,6 +1,7 @@
 """Unseen resolutions: recalibrated BatchNorm statistics are the average of the batch statistics
-(as PyTorch's momentum=None recalibration computes them), affine parameters come from the nearest
-training resolution, the trained network is left alone, and the command runs end to end."""
+(as PyTorch's momentum=None recalibration computes them), affine parameters are interpolated
+between the training neighbours (or the nearest's), the trained network is left alone, and the
+command runs end to end."""
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import rsnets_jax
 from rsnets_jax import checkpoints, data
 from rsnets_jax.checkpoints import pytorch
+from rsnets_jax.errors import ConfigError
 from rsnets_jax.data import preprocess
 from rsnets_jax.train import (add_resolutions as add_resolutions_job, optim, recalibrate, reports,
                               step as steps)
@@ -124,23 +126,35 @@ def test_statistics_are_the_average_of_batch_statistics(added, crops):
   assert not np.allclose(stats[ADDED]['bn1']['mean'], ema, rtol=1e-2)
 
 
-def test_affine_parameters_come_from_the_nearest_training_resolution(trained, added):
+def test_affine_parameters_are_interpolated_between_the_neighbours(trained, added, crops):
+  sources = recalibrate.affine_sources
+  assert sources(TRAINED, 24) == {16: 0.5, 32: 0.5}
+  assert sources(TRAINED, 28) == {16: 0.25, 32: 0.75}
+  # Outside the trained range, and asked for: the nearest alone (a tie goes to the larger).
+  assert sources(TRAINED, 40) == {32: 1.0} and sources(TRAINED, 8) == {16: 1.0}
+  assert sources(TRAINED, 24, 'nearest') == {32: 1.0}
   nearest = recalibrate.nearest_resolution
-  assert nearest(TRAINED, 24) == 32  # a tie goes to the larger resolution
-  assert [nearest(TRAINED, r) for r in (40, 28, 20, 8)] == [32, 32, 16, 16]
-  # The paper's unseen resolutions all sit halfway between two trained ones.
+  assert [nearest(TRAINED, r) for r in (40, 28, 24, 20, 8)] == [32, 32, 32, 16, 16]
   paper = (224, 192, 160, 128, 96)
   unseen = (208, 176, 144, 112, 100, 256)
   assert [nearest(paper, r) for r in unseen] == [224, 192, 160, 128, 96, 224]
+  with pytest.raises(ConfigError, match='affine must be one of'):
+    sources(TRAINED, 24, 'mean')
 
   _, params, _ = added
   bns = bn_dicts(params)
   assert len(bns) == 20  # stem, 8 blocks x 2, 3 downsample
   for path, bn in bns.items():
     assert set(bn) == {f'{n}_{r}' for n in ('scale', 'bias') for r in (32, 24, 16)}, path
+    for name in ('scale', 'bias'):
+      np.testing.assert_allclose(bn[f'{name}_24'], 0.5 * bn[f'{name}_32'] + 0.5 * bn[f'{name}_16'],
+                                 rtol=1e-6)
+  # --affine=nearest: the nearest size's pair, copied.
+  _, near, _ = rsnets_jax.add_resolution(*trained, ADDED, crops, num_images=NUM_IMAGES,
+                                         affine='nearest')
+  for bn in bn_dicts(near).values():
     np.testing.assert_array_equal(bn['scale_24'], bn['scale_32'])
     np.testing.assert_array_equal(bn['bias_24'], bn['bias_32'])
-    assert not np.allclose(bn['scale_24'], bn['scale_16'])
 
 
 def test_training_resolutions_are_untouched(trained, added):
@@ -273,7 +287,7 @@ def test_matches_pytorch_recalibration(torch):
   batches = [rng.integers(0, 256, (6, ADDED, ADDED, 3), np.uint8) for _ in range(3)]
   # Zero padding: PyTorch's network is fed the added size as it is.
   _, _, ours = rsnets_jax.add_resolution(net, params, stats, ADDED, batches, num_images=18,
-                                         padding='zeros')
+                                         padding='zeros', affine='nearest')
 
   bns = [m for m in model.modules() if isinstance(m, torch_reference.PrivateBatchNorm)]
   with torch.no_grad():
@@ -318,7 +332,7 @@ def test_command_end_to_end(trained, crops, tmp_path, monkeypatch):
   code, out = run_command(f'--workdir={os.path.relpath(workdir, ROOT)}', f'--resolutions={ADDED}',
                           f'--num_images={NUM_IMAGES}')
   assert code == 0, out[-3000:]
-  assert 'added resolution 24: BatchNorm affine parameters from 32' in out
+  assert 'added resolution 24: BatchNorm affine parameters 0.5 x 16 + 0.5 x 32' in out
   dst = workdir / 'with_resolutions'
   results = json.loads((dst / 'results.json').read_text())
   assert [(r['resolution'], r['trained']) for r in results['rows']] == [(32, True), (24, False),
@@ -326,7 +340,7 @@ def test_command_end_to_end(trained, crops, tmp_path, monkeypatch):
   assert results['count'] == 64 and 'ensemble' in results
   assert all(0 <= r['top1'] <= 100 for r in results['rows'])
   assert results['added_resolutions'] == {
-      '24': {'affine_from': 32, 'padding': 'edge', 'statistics_from': 'eval'}}
+      '24': {'affine_from': {'16': 0.5, '32': 0.5}, 'padding': 'edge', 'statistics_from': 'eval'}}
   assert results['recalibration_images'] == NUM_IMAGES  # a seeded subset of training images
   assert '| 24 (not trained) |' in (dst / 'results.md').read_text()
   assert (dst / 'accuracy_vs_macs.png').stat().st_size > 10_000
@@ -351,7 +365,7 @@ def test_command_end_to_end(trained, crops, tmp_path, monkeypatch):
                           '--views=train', f'--num_images={NUM_IMAGES}',
                           f'--dst={tmp_path / "old"}')
   assert code == 0, out[-3000:]
-  assert 'added resolution 24: BatchNorm affine parameters from 32' in out
+  assert 'added resolution 24: BatchNorm affine parameters 0.5 x 16 + 0.5 x 32' in out
   assert json.loads((tmp_path / 'old' / 'results.json').read_text())['recalibration_images'] == 48
   want = rsnets_jax.add_resolution(net, params, stats, ADDED, crops, NUM_IMAGES, padding='zeros')
   _same_network(rsnets_jax.load(tmp_path / 'old'), want)

@@ -1,4 +1,6 @@
 """The jitted multi-resolution train step: sharding-invariant, per-resolution BatchNorm, learns."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,8 @@ import pytest
 
 import rsnets_jax
 from rsnets_jax import defaults, errors
-from rsnets_jax.train import losses, optim, sharding, step as steps
+from rsnets_jax.data import preprocess
+from rsnets_jax.train import losses, optim, recalibrate, sharding, step as steps
 from rsnets_jax.models import RSNet
 
 from helpers import override
@@ -196,3 +199,85 @@ def test_an_unknown_flip_or_distillation_is_a_config_error_before_any_work():
     config = tiny_config(**{field: value})
     with pytest.raises(errors.ConfigError, match=message):
       defaults.check(config)
+
+
+def test_a_between_size_is_trained_as_add_resolution_runs_it():
+  """`between_resolutions`: each step draws one size from the list by the step key and adds its
+  loss and gradient, computed by hand here as `add_resolution` would run that size (edge padding,
+  affine interpolated between its neighbours, train-mode BatchNorm) on its own view, taught by
+  the ensemble: one SGD step without momentum or decay gives the RS-Nets gradient plus its own."""
+  sizes = (28, 24, 20)
+  config = tiny_config(between_resolutions=sizes, distillation='ens', weight_decay=0.0,
+                       momentum=0.0)
+  net, mesh = RSNet(**config.model), sharding.make_mesh(jax.devices()[:1])
+  optimizer = optim.create_optimizer(config.optim, 4, 4)
+  step = steps.make_train_step(net, config, mesh)
+  batch = learnable_batch(16, 32, 0)
+  state0 = steps.create_train_state(net, optimizer, jax.random.key(0))
+  params, stats = jax.device_get(state0.params), jax.device_get(state0.stats)
+  lr = float(state0.learning_rate(0))
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def by_hand(res, key):
+    """(the drawn size's loss, the step's update) for a step key `key` at step 0."""
+    step_key = jax.random.fold_in(key, 0)
+    views = preprocess.train_views(batch['image'], net.resolutions, step_key)
+    (_, (_, parts, _, _)), rs_grads = jax.value_and_grad(steps.compute_train_loss, has_aux=True)(
+        params, params, stats, views, batch['label'], net, 'ens')
+    between_key = jax.random.fold_in(step_key, steps._BETWEEN_STREAM)
+    x = preprocess.train_views(batch['image'], (res,), jax.random.fold_in(between_key, res))[res]
+    added = recalibrate.added_network(net, res, 'edge')
+
+    def size_loss(p):
+      p = recalibrate.blended_affine(p, recalibrate.affine_sources(net.resolutions, res), res)
+      logits, _, _ = added.forward(p, net.check_stats(stats[32], 32), x, train=True)
+      return (losses.cross_entropy(logits, batch['label']) +
+              losses.kl_divergence(parts['ens_logits'], logits))
+    loss, grads = jax.value_and_grad(size_loss)(params)
+    update = jax.tree.map(lambda p, a, b: p - lr * (a + b), params, rs_grads, grads)
+    return loss, update
+
+  drawn = set()
+  for seed in range(3):
+    key = jax.random.key(seed)
+    state = steps.create_train_state(net, optimizer, jax.random.key(0))  # donated by the step
+    new_state, metrics = step(sharding.replicate(state, mesh),
+                              sharding.shard_batch(batch, mesh), sharding.replicate(key, mesh))
+    between_key = jax.random.fold_in(jax.random.fold_in(key, 0), steps._BETWEEN_STREAM)
+    res = sizes[int(jax.random.randint(between_key, (), 0, len(sizes)))]
+    drawn.add(res)
+    loss, update = by_hand(res, key)
+    np.testing.assert_allclose(metrics['between'], loss, rtol=1e-5)
+    rs = (sum(metrics[f'ce/{r}'] for r in net.resolutions) + metrics['ens_ce'] + metrics['kd'])
+    np.testing.assert_allclose(metrics['loss'], rs + metrics['between'], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(new_state.params), update)
+  assert len(drawn) > 1
+
+
+def test_between_sizes_reach_the_weights_and_only_their_neighbours_affine():
+  config = tiny_config(resolutions=(32, 24, 16), between_resolutions=(28,), distillation='none')
+  net = RSNet(**config.model)
+  params, stats = net.init(jax.random.key(0))
+  batch = learnable_batch(8, 32, 0)
+  x = preprocess.train_views(batch['image'], (28,), jax.random.key(1))[28]
+  untagged = net.check_stats(stats[32], 32)
+  loss, grads = steps.between_size_value_and_grad(
+      net, (28,), params, params, untagged, None, batch['label'], lambda r: x, jax.random.key(2),
+      'none')
+  bn1 = grads['bn1']
+  assert np.abs(bn1['scale_32']).max() > 0 and np.abs(bn1['scale_24']).max() > 0
+  assert np.abs(bn1['scale_16']).max() == 0
+  # Halfway between 32 and 24: each neighbour gets half the gradient of the blended pair.
+  np.testing.assert_allclose(bn1['scale_32'], bn1['scale_24'], rtol=1e-6)
+  assert np.abs(grads['conv1']['kernel']).max() > 0 and np.abs(grads['alpha']).max() == 0
+  assert np.isfinite(loss) and loss > 0
+
+
+def test_between_sizes_outside_the_trained_range_are_a_config_error():
+  for sizes in ((40,), (32,), (16,), (24, 24), (12,)):
+    config = tiny_config(between_resolutions=sizes)
+    with pytest.raises(errors.ConfigError, match='between_resolutions must be distinct sizes '
+                                                 'strictly between 16 and 32'):
+      defaults.check(config)
+  defaults.check(tiny_config(between_resolutions=(30, 18)))

@@ -23,6 +23,8 @@ size:
   cpu_tuned  cpu_long's recipe for the headline claim against a tuned baseline: the individual
          networks at 1x, 2x and 5x the learning rate (3 seeds; 5 at 1x) and the RS-Net (5 seeds),
          3.4 hours of trainings on 2 CPU cores shared with other work (2026-12-04).
+  cpu_between  cpu_long's recipe: the RS-Net that also trains the sizes between its resolutions
+         (one drawn per step), against the RS-Net, 3 seeds (issue 21).
   smoke  the cpu network on a class-balanced subset for one epoch: a few minutes, to check that the
          whole runner works end to end. Its numbers mean nothing.
 """
@@ -31,7 +33,7 @@ import os
 
 import ml_collections
 
-VARIANTS = ('gpu', 'cpu', 'cpu_long', 'cpu_tuned', 'smoke')
+VARIANTS = ('gpu', 'cpu', 'cpu_long', 'cpu_tuned', 'cpu_between', 'smoke')
 PRODUCT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'configs',
                               'imagenette.py')
 
@@ -72,7 +74,7 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
   c.seeds = ml_collections.ConfigDict({'inets': (0, 1), 'inets_lr2': (), 'inets_lr5': (),
                                        'shared_bn': (0,), 'private_bn': (0,),
                                        'ens': (0,), 'ens_topdown': (0, 1), 'mean_loss': (),
-                                       'private_bn_mean_loss': (), 'lq_fp': (),
+                                       'between': (), 'private_bn_mean_loss': (), 'lq_fp': (),
                                        'w2a32': (), 'w2a2': ()})
   c.compilation_cache_dir = 'runs/jax_cache'  # '' turns the persistent cache off
 
@@ -97,6 +99,11 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 1.0
     c.seeds.update({'inets': (0, 1, 2, 3, 4), 'inets_lr2': (0, 1, 2), 'inets_lr5': (0, 1, 2),
                     'shared_bn': (), 'private_bn': (), 'ens': (), 'ens_topdown': (0, 1, 2, 3, 4)})
+  if variant == 'cpu_between':  # cpu_long's recipe: the between-size RS-Net against the RS-Net
+    c.num_epochs = 16
+    c.optim.warmup_epochs = 1.0
+    c.seeds.update({'inets': (), 'shared_bn': (), 'private_bn': (), 'ens': (),
+                    'ens_topdown': (0, 1, 2), 'between': (0, 1, 2)})
   if variant == 'smoke':
     c.num_epochs = 1
     c.optim.warmup_epochs = 0.0

@@ -23,6 +23,17 @@ def _mean_loss(config) -> Dict[str, Any]:
           'optim.weight_decay': config.optim.weight_decay * s}
 
 
+def between_sizes(resolutions) -> Tuple[int, ...]:
+  """The even sizes strictly between the smallest and the largest resolution, not trained."""
+  return tuple(r for r in range(max(resolutions) - 2, min(resolutions), -2)
+               if r not in resolutions)
+
+
+def _between(config) -> Dict[str, Any]:
+  """Each step also trains one even size between the resolutions (rsnets_jax/train/step.py)."""
+  return {'between_resolutions': between_sizes(config.model.resolutions)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   label: str
@@ -42,6 +53,7 @@ RS_ROWS = {
     'ens': Row('private BN + ens KD', False, 'ens'),
     'ens_topdown': Row('RS-Net (private BN + full KD)', False, 'ens_topdown'),
     'mean_loss': Row('RS-Net, loss averaged over sizes', False, 'ens_topdown', adjust=_mean_loss),
+    'between': Row('RS-Net, sizes between trained too', False, 'ens_topdown', adjust=_between),
     'private_bn_mean_loss': Row('private BN, loss averaged over sizes', False, 'none',
                                 adjust=_mean_loss),
     'lq_fp': Row('RS-Net, quantized layout, 32-bit', False, 'ens_topdown',
@@ -167,6 +179,8 @@ COMPARISONS = (
     ('mean_loss', 'ens_topdown', 'control: averaging the loss over sizes improves the RS-Net'),
     ('mean_loss', 'inets', 'control: the RS-Net with its loss averaged beats the individual '
                            'networks'),
+    ('between', 'ens_topdown', 'control: training the sizes between too improves the RS-Net at '
+                               'its trained sizes'),
     ('private_bn_mean_loss', 'private_bn', 'control: averaging the loss over sizes improves '
                                            'private BN without distillation'),
     ('inets_lr2', 'inets', 'control: twice the learning rate improves the individual networks'),

@@ -34,6 +34,12 @@ whole validation set (its views made once, shared by the rows). Rows:
   recal_trained_eval_views  the trained sizes re-estimated from evaluation views
   add_resolution   the product's default (`rsnets_jax.add_resolution` on
                    `data.recalibration_batches`): what the table led to, measured through the API
+                   (edge padding, evaluation views, affine interpolated between the neighbours)
+  add_resolution_nearest  the same with affine='nearest' (the product's default until the
+                   between-size training was measured)
+On an RS-Net trained with `between_resolutions` (experiments/imagenette/config.py:cpu_between) the
+add_resolution rows are the ones that apply; `--figure_with=results.json` of such a call draws its
+add_resolution row beside this call's.
 Writes results.json, results.md (mean ± std over the seeds) and accuracy_vs_macs.png (today's
 procedure against the product's default, every size) to --out. `--also=results.json` of an
 earlier call adds the rows it measured on the same RS-Nets to the table.
@@ -59,7 +65,7 @@ from rsnets_jax.train import evaluate, recalibrate, sharding
 ROWS = ('today', 'affine_smaller', 'affine_larger', 'affine_interp', 'stats_interp',
         'stats_eval_views', 'stats_pooled', 'stats_4x', 'recal_trained', 'same_grid',
         'even_maps', 'even_maps_grid', 'even_maps_interp', 'even_maps_eval_views',
-        'recal_trained_eval_views', 'add_resolution')
+        'recal_trained_eval_views', 'add_resolution', 'add_resolution_nearest')
 
 
 def between(trained: Sequence[int]) -> List[int]:
@@ -74,18 +80,6 @@ def neighbours(trained: Sequence[int], res: int):
 
 def interpolate(tree_a, tree_b, weight_b: float):
   return jax.tree.map(lambda a, b: (1 - weight_b) * a + weight_b * b, tree_a, tree_b)
-
-
-def with_affine(params, res: int, scale_bias):
-  """`params` with, in every BatchNorm, `scale_{res}`/`bias_{res}` given by
-  `scale_bias(bn_params, name)` for name in ('scale', 'bias')."""
-  if not isinstance(params, dict):
-    return params
-  out = {k: with_affine(v, res, scale_bias) for k, v in params.items()}
-  if any(k.startswith('scale_') for k in params):
-    for name in ('scale', 'bias'):
-      out[f'{name}_{res}'] = scale_bias(params, name)
-  return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 4, 5))
@@ -130,10 +124,9 @@ def row_network(row, net, params, stats, sizes, calibration, eval_view_batches, 
     elif row == 'affine_larger':
       source = large
     if row in ('affine_interp', 'stats_interp', 'even_maps_interp'):
-      params2 = with_affine(params2, res, lambda bn, name, s=small, l=large, w=w:
-                            (1 - w) * bn[f'{name}_{s}'] + w * bn[f'{name}_{l}'])
+      params2 = recalibrate.blended_affine(params2, {small: 1 - w, large: w}, res)
     else:
-      params2 = recalibrate.copy_affine(params2, source, res)
+      params2 = recalibrate.blended_affine(params2, {source: 1.0}, res)
   for res in sizes:
     small, large = neighbours(trained, res)
     w = (res - small) / (large - small)
@@ -158,7 +151,7 @@ def recalibrated_trained(net, params, stats, batches, config):
   return out
 
 
-def run(config, workdirs, out, num_images, rows=ROWS, also=None):
+def run(config, workdirs, out, num_images, rows=ROWS, also=None, figure_with=None):
   start = time.time()
   config = config.copy_and_resolve_references()
   config.data.num_workers = 0
@@ -190,7 +183,7 @@ def run(config, workdirs, out, num_images, rows=ROWS, also=None):
   for b in data.eval_batches(view_config, sorted(set(sizes) | set(trained)), source=subset):
     for res in sorted(set(sizes) | set(trained)):
       eval_view_batches.setdefault(res, []).append(b['images'][res][np.asarray(b['mask'])])
-  if 'add_resolution' in rows:
+  if any(row.startswith('add_resolution') for row in rows):
     product_views = data.recalibration_batches(crops_config, tuple(trained) + tuple(sizes),
                                                num_images)
 
@@ -203,12 +196,14 @@ def run(config, workdirs, out, num_images, rows=ROWS, also=None):
                    {r: calibration['default'] for r in trained})
         net2, params2, stats2 = net, params, recalibrated_trained(net, params, stats, batches,
                                                                   config)
-      elif row == 'add_resolution':
+      elif row.startswith('add_resolution'):
         mean, std = preprocess.input_normalisation(config.data)
+        affine = 'nearest' if row == 'add_resolution_nearest' else recalibrate.DEFAULT_AFFINE
         net2, params2, stats2 = net, params, stats
         for res in sizes:
           net2, params2, stats2 = recalibrate.add_resolution(net2, params2, stats2, res,
-                                                             *product_views, mean, std)
+                                                             *product_views, mean, std,
+                                                             affine=affine)
       else:
         added = same_grid if row in ('same_grid', 'even_maps_grid') else sizes
         net2, params2, stats2 = row_network(row if row != 'same_grid' else 'today', net, params,
@@ -230,24 +225,31 @@ def run(config, workdirs, out, num_images, rows=ROWS, also=None):
     json.dump(report, f, indent=1)
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(markdown(report))
-  figure(report, os.path.join(out, 'accuracy_vs_macs.png'))
+  others = []
+  if figure_with:
+    with open(figure_with) as f:
+      others.append((json.load(f), 'add_resolution', BETWEEN_LABEL))
+  figure(report, os.path.join(out, 'accuracy_vs_macs.png'), others=others)
   return report
 
 
 def summary(report, row) -> Dict[str, List[float]]:
   """Per seed: the mean gap of the added sizes to their smaller neighbour, to the straight line
-  in MACs between their neighbours, and how many are at or above the smaller neighbour."""
+  in MACs between their neighbours, how many are at or above the smaller neighbour and how many
+  within 0.5 points of the line (the issue's goal); the recal_trained rows: the largest change of
+  a trained size against `today`'s (the checkpoint's statistics)."""
   trained, macs = tuple(report['trained']), {int(k): v for k, v in report['macs'].items()}
-  base = report['results']['today']
   sizes = report['same_grid'] if row in ('same_grid', 'even_maps_grid') else report['sizes']
-  out = {'to_smaller': [], 'to_line': [], 'at_or_above': [], 'trained_change': []}
+  out = {'to_smaller': [], 'to_line': [], 'at_or_above': [], 'within_half': [],
+         'trained_change': []}
   for seed, acc in enumerate(report['results'][row]):
     top1 = {int(k.split('/')[1]): v for k, v in acc.items() if k.split('/')[1].isdigit()}
-    ref = {int(k.split('/')[1]): v for k, v in base[seed].items() if k.split('/')[1].isdigit()}
     if row.startswith('recal_trained'):
+      base = report['results']['today'][seed]
+      ref = {int(k.split('/')[1]): v for k, v in base.items() if k.split('/')[1].isdigit()}
       out['trained_change'].append(max(abs(top1[r] - ref[r]) for r in trained))
       continue
-    gaps, lines, above = [], [], 0
+    gaps, lines, above, within = [], [], 0, 0
     for res in sizes:
       small, large = neighbours(trained, res)
       w = (macs[res] - macs[small]) / (macs[large] - macs[small])
@@ -257,10 +259,36 @@ def summary(report, row) -> Dict[str, List[float]]:
       gaps.append(top1[res] - reference)
       lines.append(top1[res] - line)
       above += top1[res] >= reference
+      within += abs(top1[res] - line) <= 0.5
     out['to_smaller'].append(float(np.mean(gaps)))
     out['to_line'].append(float(np.mean(lines)))
     out['at_or_above'].append(above)
+    out['within_half'].append(within)
   return out
+
+
+def goal(report, row) -> Dict[str, object]:
+  """The issue's goal on the mean over the RS-Nets: the added sizes below their smaller
+  neighbour, those off the line in MACs by more than 0.5 points, and where the curve of all sizes
+  falls as MACs rise."""
+  trained, macs = tuple(report['trained']), {int(k): v for k, v in report['macs'].items()}
+  mean = {}
+  for res in sorted(set(trained) | set(report['sizes'])):
+    values = [acc[f'top1/{res}'] for acc in report['results'][row] if f'top1/{res}' in acc]
+    if values:
+      mean[res] = float(np.mean(values))
+  below, off_line = [], []
+  for res in report['sizes']:
+    small, large = neighbours(trained, res)
+    w = (macs[res] - macs[small]) / (macs[large] - macs[small])
+    line = (1 - w) * mean[small] + w * mean[large]
+    if mean[res] < mean[small]:
+      below.append(res)
+    if abs(mean[res] - line) > 0.5:
+      off_line.append(res)
+  order = sorted(mean, key=lambda r: macs[r])
+  falls = [f'{a}->{b}' for a, b in zip(order, order[1:]) if mean[b] < mean[a]]
+  return {'below_smaller': below, 'off_line': off_line, 'falls': falls}
 
 
 def _cell(values, digits=2):
@@ -277,16 +305,25 @@ def markdown(report) -> str:
            f"{n} RS-Nets (mean ± std over them); {report['num_images']} calibration images; "
            f"{report['date']}, {report['wall_s'] / 60:.1f} min.", '',
            '| row | mean top-1 - smaller neighbour (same_grid: - the trained size of its grid) | '
-           'mean top-1 - line in MACs | sizes at or above it | trained sizes re-estimated: '
-           'largest change |',
-           '| --- | --- | --- | --- | --- |']
+           'mean top-1 - line in MACs | sizes at or above it | sizes within 0.5 of the line | '
+           'trained sizes re-estimated: largest change |',
+           '| --- | --- | --- | --- | --- | --- |']
   rows = [row for row in ROWS if row in report['results']]
   for row in rows:
     s = summary(report, row)
     count = len(report['same_grid'] if row in ('same_grid', 'even_maps_grid') else
                 report['sizes'])
     lines.append(f"| {row} | {_cell(s['to_smaller'])} | {_cell(s['to_line'])} | "
-                 f"{_cell(s['at_or_above'], 1)} of {count} | {_cell(s['trained_change'])} |")
+                 f"{_cell(s['at_or_above'], 1)} of {count} | {_cell(s['within_half'], 1)} of "
+                 f"{count} | {_cell(s['trained_change'])} |")
+  lines += ['', 'The goal on the mean curve (every added size at or above its smaller neighbour and '
+            'within 0.5 of the line in MACs; the curve rising with MACs):', '']
+  for row in rows:
+    if row.startswith(('recal_trained', 'same_grid', 'even_maps_grid')):
+      continue
+    g = goal(report, row)
+    lines.append(f"- {row}: below the smaller neighbour {g['below_smaller'] or 'none'}; off the "
+                 f"line {g['off_line'] or 'none'}; falls {g['falls'] or 'none'}")
   lines += ['', 'Top-1 per size, mean over the RS-Nets:', '',
             '| size | MACs | ' + ' | '.join(rows) + ' |', '|' + ' --- |' * (len(rows) + 2)]
   trained = tuple(report['trained'])
@@ -301,20 +338,21 @@ def markdown(report) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def figure(report, path, rows=('today', 'add_resolution')):
+def figure(report, path, rows=('today', 'add_resolution'), others=()):
   """Top-1 (mean ± std over the RS-Nets) against MACs at every size, one line per row of `rows`
-  measured; the trained sizes ringed."""
+  measured, and per (report, row, label) of `others` (other RS-Nets); the trained sizes ringed."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   trained = tuple(report['trained'])
   sizes = sorted(set(trained) | set(report['sizes']))
   fig, ax = plt.subplots(figsize=(8, 5))
-  for row in (r for r in rows if r in report['results']):
-    values = [[acc[f'top1/{res}'] for acc in report['results'][row]] for res in sizes]
+  lines = [(report, row, LABELS.get(row, row)) for row in rows if row in report['results']]
+  for source, row, label in lines + list(others):
+    values = [[acc[f'top1/{res}'] for acc in source['results'][row]] for res in sizes]
     macs = [report['macs'][str(res)] / 1e6 for res in sizes]
     ax.errorbar(macs, [np.mean(v) for v in values], [np.std(v, ddof=1) for v in values],
-                marker='o', ms=4, capsize=2, label=LABELS.get(row, row))
+                marker='o', ms=4, capsize=2, label=label)
     for res, x, v in zip(sizes, macs, values):
       if res in trained:
         ax.plot(x, np.mean(v), 'o', ms=11, mfc='none', mec='black')
@@ -326,14 +364,16 @@ def figure(report, path, rows=('today', 'add_resolution')):
   ax.set_title(f"every even size {min(sizes)}-{max(sizes)} px, {len(report['workdirs'])} RS-Nets "
                f"(ringed: trained)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(loc='upper left', fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=150)
   plt.close(fig)
 
 
 LABELS = {'today': 'added as before (zero padding, statistics from training crops)',
-          'add_resolution': 'added by add_resolution now (edge padding, evaluation views)'}
+          'add_resolution': 'added by add_resolution now (edge padding, evaluation views, '
+                            'interpolated affine)'}
+BETWEEN_LABEL = 'RS-Nets trained with the sizes between, added by add_resolution'
 
 
 def merged(report, earlier_path):
@@ -358,7 +398,7 @@ def main(argv):
   cli.setup_logging()
   sys.exit(cli.run_command(lambda: print(markdown(run(config, FLAGS.workdir, FLAGS.out,
                                                        FLAGS.num_images, FLAGS.rows,
-                                                       FLAGS.also)))))
+                                                       FLAGS.also, FLAGS.figure_with)))))
 
 
 if __name__ == '__main__':
@@ -374,5 +414,7 @@ if __name__ == '__main__':
   flags.DEFINE_list('rows', list(ROWS), 'The rows to measure (today first).')
   flags.DEFINE_string('also', None, 'results.json of an earlier call on the same RS-Nets: its '
                       'other rows join the table.')
+  flags.DEFINE_string('figure_with', None, 'results.json of a call on RS-Nets trained with '
+                      'between_resolutions: its add_resolution row joins the figure.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_absl_flags)

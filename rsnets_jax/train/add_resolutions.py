@@ -2,10 +2,10 @@
 added to its checkpoint (recalibrate.py), saved beside it, and evaluated with the trained ones.
 
 Reads the checkpoint and never writes there. Each resolution gets the BatchNorm affine parameters
-of the nearest training resolution, its strided convolutions' odd inputs padded from the edge
+interpolated between its training neighbours, its strided convolutions' odd inputs padded from the edge
 (`RSNet.added_padding`), and running statistics re-estimated at that resolution from the
-evaluation views of training images (`padding='zeros'`, `views='train'`: the earlier
-procedure). The extended network is saved where `rsnets_jax.load` reads it, with results.json,
+evaluation views of training images (`padding='zeros'`, `views='train'`, `affine='nearest'`:
+the earlier procedure). The extended network is saved where `rsnets_jax.load` reads it, with results.json,
 results.md and accuracy_vs_macs.png: every resolution on the validation set, the added ones
 marked as not trained.
 """
@@ -20,8 +20,9 @@ from rsnets_jax.data import preprocess
 from rsnets_jax.errors import ConfigError
 from rsnets_jax.train import reports, sharding
 from rsnets_jax.train.evaluate import run_eval
-from rsnets_jax.train.recalibrate import (DEFAULT_NUM_IMAGES, DEFAULT_PADDING, DEFAULT_VIEWS,
-                                         add_resolution, check_padding, nearest_resolution)
+from rsnets_jax.train.recalibrate import (DEFAULT_AFFINE, DEFAULT_NUM_IMAGES, DEFAULT_PADDING,
+                                         DEFAULT_VIEWS, add_resolution, affine_sources,
+                                         check_padding)
 
 log = logging.getLogger('rsnets_jax')
 
@@ -50,7 +51,8 @@ def check_destination(dst, workdir):
 
 def add_resolutions(config, workdir, resolutions: Sequence[int],
                     num_images: int = DEFAULT_NUM_IMAGES, dst: Optional[str] = None,
-                    padding: str = DEFAULT_PADDING, views: str = DEFAULT_VIEWS) -> Dict[str, Any]:
+                    padding: str = DEFAULT_PADDING, views: str = DEFAULT_VIEWS,
+                    affine: str = DEFAULT_AFFINE) -> Dict[str, Any]:
   """Adds `resolutions` to the checkpoint in `workdir`, saves the result in `dst`, evaluates every
   resolution and writes the reports there. Returns the results table."""
   # -- the trained network --
@@ -66,20 +68,25 @@ def add_resolutions(config, workdir, resolutions: Sequence[int],
   given_config = config.to_dict()
   mean, std = preprocess.input_normalisation(config.data)
 
-  check_padding(net, padding, resolutions)  # before the images are read
+  # A wrong padding or affine fails here, before the images are read.
+  check_padding(net, padding, resolutions)
+  affine_sources(net.resolutions, resolutions[0], affine)
   batches, used = data.recalibration_batches(config, set(net.resolutions) | set(resolutions),
                                              num_images, views)
 
   # -- add each resolution --
   added = {}
   for res in resolutions:
-    source = None if net.shared_bn else nearest_resolution(net.resolutions, res)
+    sources = affine_sources(net.resolutions, res, affine)
     net, params, stats = add_resolution(net, params, stats, res, batches, used, mean, std,
-                                        padding)
-    added[str(res)] = {'affine_from': source, 'padding': padding, 'statistics_from': views}
-    log.info('added resolution %d: BatchNorm affine parameters from %s, statistics from the %s '
-             'views of %d training images, %s padding', res, source or 'the shared BatchNorm',
-             views, used, padding)
+                                        padding, affine)
+    affine_from = ('the shared BatchNorm' if net.shared_bn else
+                   ' + '.join(f'{w:.3g} x {src}' for src, w in sources.items()))
+    added[str(res)] = {'affine_from': None if net.shared_bn else
+                       {str(src): w for src, w in sources.items()},
+                       'padding': padding, 'statistics_from': views}
+    log.info('added resolution %d: BatchNorm affine parameters %s, statistics from the %s views '
+             'of %d training images, %s padding', res, affine_from, views, used, padding)
 
   # -- save: a checkpoint that rsnets_jax.load reads --
   provenance = {'added_resolutions': added, 'recalibration_images': used,

@@ -32,11 +32,11 @@ from rsnets_jax import checkpoints, data, defaults, storage
 from rsnets_jax.errors import (CheckpointError, ConfigError, StorageError, TrainingError,
                                require)
 from rsnets_jax.models import RSNet
-from rsnets_jax.train import losses, optim, sharding
+from rsnets_jax.train import optim, sharding
 from rsnets_jax.train.evaluate import run_eval
 from rsnets_jax.train.lock import RunLock
 from rsnets_jax.train.reports import report
-from rsnets_jax.train.step import create_train_state, make_train_step, run_keys
+from rsnets_jax.train.step import create_train_state, make_train_step, reported_parts, run_keys
 
 log = logging.getLogger('rsnets_jax')
 
@@ -86,7 +86,8 @@ def check_same_network(workdir, net: RSNet):
 
 
 # What a step is: a resume with another value would not continue the same run.
-SCHEDULE_FIELDS = ('data.batch_size', 'num_epochs', 'seed', 'distillation', 'optim')
+SCHEDULE_FIELDS = ('data.batch_size', 'num_epochs', 'seed', 'distillation', 'between_resolutions',
+                   'optim')
 
 
 def _flat(config_dict, prefix=''):
@@ -101,8 +102,9 @@ def _flat(config_dict, prefix=''):
 
 def check_same_schedule(ckpts, step: int, config, steps_per_epoch: int):
   """A ConfigError when the checkpoint of `step` was trained with another batch size, length,
-  seed, distillation, optimiser or number of steps per epoch than `config` asks: resuming would
-  mislabel the run (epochs, schedule) or change what its steps mean. `max_steps` may change."""
+  seed, distillation, between sizes, optimiser or number of steps per epoch than `config` asks:
+  resuming would mislabel the run (epochs, schedule) or change what its steps mean. `max_steps`
+  may change."""
   meta = checkpoints.read_meta(ckpts.directory / str(step))
   stored = _flat(meta.get('config') or {})
   if not stored:
@@ -357,7 +359,7 @@ def _train(config, workdir, net, train_iter, eval_batches, steps_per_epoch: int,
     state = sharding.replicate(create_train_state(net, optimizer, init_key), mesh)
     step_key = sharding.replicate(step_key, mesh)
     train_step = make_train_step(net, config, mesh)
-    parts = losses.distillation_mode(config.distillation).parts
+    parts = reported_parts(config.distillation, tuple(config.between_resolutions))
 
     # -- checkpoints: resume where the last run stopped --
     best_metric = f'top1/{max(net.resolutions)}'

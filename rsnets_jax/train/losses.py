@@ -8,7 +8,8 @@ so alpha learns only from the ensemble's own cross-entropy, and
     KD('ens_topdown') = 2 / (S + 1) * [sum_s KL(p_0 || p_s) + sum_{t<s} KL(p_t || p_s)]
 
 with temperature 1, teachers detached, KL summed over classes and averaged over the batch, exactly
-as the reference code computes it.
+as the reference code computes it. A size trained between the resolutions (`between_resolutions`,
+not the paper's) adds `between_loss`: its CE, and KL(p_0 || p_between) when the mode distils.
 """
 import dataclasses
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -91,3 +92,13 @@ def rs_loss(logits: Sequence[jax.Array], labels, alpha,
     parts['kd'] = mode.kd(logits, ens)
     total = total + parts['kd']
   return total, {'ce': jnp.stack(ce), **parts, 'ens_logits': ens}
+
+
+def between_loss(logits, labels, ens_logits, distillation: str):
+  """The loss of a size trained between the resolutions: a student outside the ensemble, taught
+  by it (when the mode distils) and by the labels."""
+  mode = distillation_mode(distillation)
+  loss = cross_entropy(logits, labels)
+  if mode.kd is not None:
+    loss = loss + kl_divergence(ens_logits, logits)
+  return loss

@@ -7,6 +7,11 @@ state replicated, so BatchNorm's plain batch means span the global batch (or `bn
 groups) with no axis names in the model. A step's randomness is `fold_in(rng, state.step)` (as
 big_vision's update_fn): one compiled step serves every seed, and a resumed run draws what an
 uninterrupted one would. Steps are cached, so rerunning a network and recipe compiles nothing.
+
+`config.between_resolutions` (not the paper's recipe): each step also trains one size drawn from
+that list as `add_resolution` will later run it (edge padding, BatchNorm affine interpolated
+between its neighbours, batch statistics; no running statistics are kept for it), so the shared
+weights learn the sizes between the trained ones (experiments/imagenette/RESULTS.md).
 """
 import functools
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -19,8 +24,9 @@ import optax
 from jax.sharding import Mesh
 
 from rsnets_jax.data import preprocess
+from rsnets_jax.errors import ConfigError
 from rsnets_jax.models import RESOLUTION_KEY, RSNet, trainable
-from rsnets_jax.train import losses
+from rsnets_jax.train import losses, recalibrate
 from rsnets_jax.train.sharding import batch_sharded, replicated
 
 
@@ -42,6 +48,19 @@ def create_train_state(net: RSNet, optimizer: Tuple[optax.GradientTransformation
   params, stats = net.init(key)
   return TrainState(step=jnp.int32(0), params=params, stats=stats,
                     opt_state=tx.init(trainable(params)), tx=tx, learning_rate=schedule)
+
+
+def check_config(config: ml_collections.ConfigDict):
+  """The between-size rule: distinct sizes strictly between the smallest and the largest training
+  resolution, none of them trained."""
+  trained = tuple(config.model.resolutions)
+  sizes = tuple(config.between_resolutions)
+  bad = [r for r in sizes if not isinstance(r, int) or not min(trained) < r < max(trained)
+         or r in trained]
+  if bad or len(set(sizes)) != len(sizes):
+    raise ConfigError(f'config.between_resolutions must be distinct sizes strictly between '
+                      f'{min(trained)} and {max(trained)} that are not training resolutions '
+                      f'{trained}, got {sizes}')
 
 
 def run_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
@@ -76,6 +95,30 @@ def compute_train_loss(train_params, params, stats, views, labels, net: RSNet, d
   return loss, (new_stats, parts, logits, targets)
 
 
+def between_size_value_and_grad(net: RSNet, sizes: Tuple[int, ...], train_params, params,
+                                batch_stats, ens_logits, labels,
+                                make_view: Callable[[int], jax.Array], key, distillation: str):
+  """`(loss, gradient wrt train_params)` of one size drawn uniformly from `sizes` by `key`, run
+  as `add_resolution` runs an added size (`recalibrate.added_network`, affine `blended_affine`
+  from its neighbours, which the gradient reaches) in train mode on `make_view(size)`;
+  `batch_stats` (any resolution's) is only read for its shapes. Its teacher `ens_logits` is
+  detached, so this gradient simply adds to the RS-Nets loss's. One `lax.switch` whose branches
+  each run their own forward and backward: one size runs per step (a switch inside the main
+  gradient would carry every size's residuals, 2.5x the step's time on CPU, measured)."""
+  def branch(res):
+    net_r = recalibrate.added_network(net, res, recalibrate.DEFAULT_PADDING)
+    sources = recalibrate.affine_sources(net.resolutions, res, 'interpolated')
+
+    def loss(train_params):
+      p = {**params, **train_params}
+      p = p if net.shared_bn else recalibrate.blended_affine(p, sources, res)
+      z, _, _ = net_r.forward(p, batch_stats, make_view(res), train=True)
+      return losses.between_loss(z, labels, ens_logits, distillation)
+    return jax.value_and_grad(loss)
+  index = jax.random.randint(key, (), 0, len(sizes))
+  return jax.lax.switch(index, [branch(r) for r in sizes], train_params)
+
+
 def top_k_correct(logits, labels, k: int):
   topk = jax.lax.top_k(logits, k)[1]
   return jnp.any(topk == labels[:, None], axis=-1)
@@ -88,13 +131,23 @@ def make_train_step(net: RSNet, config: ml_collections.ConfigDict, mesh: Mesh):
   mean, std = preprocess.input_normalisation(config.data)
   return _train_step(net, config.distillation, config.data.flip, mean, std,
                      config.data.view_resize, float(config.data.lighting),
-                     bool(config.optim.refit_activations_from_largest_only), mesh)
+                     bool(config.optim.refit_activations_from_largest_only), mesh,
+                     tuple(config.between_resolutions))
+
+
+def reported_parts(distillation: str, between_sizes: Tuple[int, ...]) -> Tuple[str, ...]:
+  """The parts of the loss the step reports beside the per-resolution CEs (progress line, logs)."""
+  return losses.distillation_mode(distillation).parts + (('between',) if between_sizes else ())
+
+
+_BETWEEN_STREAM = 0x6274  # the between size's draw and view, apart from the trained views' keys
 
 
 @functools.lru_cache(maxsize=32)
 def _train_step(net: RSNet, distillation: str, flip: str, mean, std, view_resize: str,
-                lighting: float, refit_activations_from_largest_only: bool, mesh: Mesh):
-  parts = losses.distillation_mode(distillation).parts
+                lighting: float, refit_activations_from_largest_only: bool, mesh: Mesh,
+                between_sizes: Tuple[int, ...] = ()):
+  parts = reported_parts(distillation, between_sizes)
 
   def train_step(state: TrainState, batch, rng):
     key = jax.random.fold_in(rng, state.step)
@@ -105,6 +158,20 @@ def _train_step(net: RSNet, distillation: str, flip: str, mean, std, view_resize
     train_params = trainable(state.params)
     (loss, (new_stats, loss_parts, logits, targets)), grads = grad_fn(
         train_params, state.params, state.stats, views, labels, net, distillation)
+    if between_sizes:
+      between_key = jax.random.fold_in(key, _BETWEEN_STREAM)
+
+      def make_view(res):
+        return preprocess.train_views(batch['image'], (res,), jax.random.fold_in(between_key, res),
+                                      flip, mean, std, view_resize, lighting)[res]
+
+      between_loss, between_grads = between_size_value_and_grad(
+          net, between_sizes, train_params, state.params,
+          _untagged(state.stats[net.resolutions[0]]), loss_parts['ens_logits'], labels, make_view,
+          between_key, distillation)
+      loss = loss + between_loss
+      loss_parts = {**loss_parts, 'between': between_loss}
+      grads = jax.tree.map(jnp.add, grads, between_grads)
     updates, opt_state = state.tx.update(grads, state.opt_state, train_params)
     params = {**state.params, **optax.apply_updates(train_params, updates)}
     # The quantizers' S refits, folded after the optimiser update, largest resolution first.
