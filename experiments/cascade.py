@@ -26,6 +26,9 @@ EXPORTS/<its folder name> (kept when already there). `--data-dir` holds the clas
     number of images, its top-1 that of the cascade's predictions (checked against
     cascade.route on the validation logits);
   - the same calibration with MACs as the cost, evaluated on the validation logits (no clock).
+`--calibrate-on=val_halves` calibrates on held-out images instead: on one half of the validation
+set (a seeded split), timed and scored on the other half, then the other way round, each point
+the mean of the two folds.
 Writes cascade.md (the tables and the checks below), cascade.json (every measurement per network
 and the checks; `--from-json` makes the tables and figures again from it) and
 cascade_<runtime>.png (top-1 against measured ms per image, and against MACs) to `--out`.
@@ -71,6 +74,10 @@ def parse_args(argv=None):
                   help='runtimes to measure (repeatable; default jax)')
   ap.add_argument('--batch-size', type=int, default=64)
   ap.add_argument('--calibration-images', type=int, default=cascade.DEFAULT_CALIBRATION_IMAGES)
+  ap.add_argument('--calibrate-on', choices=('train', 'val_halves'), default='train',
+                  help='train: the seeded subset of training images (the product\'s default); '
+                  'val_halves: two-fold on the validation set, thresholds from one half '
+                  'timed and scored on the other, the two folds averaged')
   ap.add_argument('--repeats', type=int, default=5, help='timed passes per point')
   ap.add_argument('--budgets', type=float, nargs='*', default=list(BUDGETS),
                   help="mean time per image targets, as shares of the largest size's")
@@ -220,6 +227,51 @@ def measure_network(dst, runtime, val, cal, args, log):
           'macs_points': counted_macs(manifest, cal, val, cal_logits, val_logits, args)}
 
 
+def halves(num_images: int, seed: int = 0):
+  """Two disjoint halves of the image indices, drawn in a seeded random order."""
+  order = np.random.default_rng(seed).permutation(num_images)
+  return np.sort(order[:num_images // 2]), np.sort(order[num_images // 2:])
+
+
+def subset(views, indices):
+  """(arrays, labels) of `views` at `indices`."""
+  arrays, labels = views
+  return {r: a[indices] for r, a in arrays.items()}, labels[indices]
+
+
+def two_folds(dst, runtime, val, args, log):
+  """measure_network twice, calibrated on one half of the validation images and timed and scored
+  on the other, then the other way round: each point's top-1, time and exit shares the mean of
+  the two folds (a target's cascade may differ between them; the first fold's is listed)."""
+  folds, (first, second) = [], halves(len(val[1]))
+  for k, (cal_idx, eval_idx) in enumerate(((first, second), (second, first))):
+    log(f'  fold {k + 1} of 2: calibrated on {len(cal_idx)} validation images, timed on '
+        f'{len(eval_idx)}')
+    folds.append(measure_network(dst, runtime, subset(val, eval_idx), subset(val, cal_idx),
+                                 args, log))
+  merged = dict(folds[0])
+  merged['folds'] = [{k: f[k] for k in ('stage_ms', 'load_average')} for f in folds]
+  for key in ('points', 'macs_points'):
+    merged[key] = {}
+    for name in [n for n in folds[0][key] if n in folds[1][key]]:
+      a, b = folds[0][key][name], folds[1][key][name]
+      entry = dict(a)
+      for field in ('top1', 'ms_per_image', 'macs'):
+        if field in a:
+          entry[field] = (a[field] + b[field]) / 2
+      if 'exit_shares' in a and len(a['exit_shares']) == len(b['exit_shares']):
+        entry['exit_shares'] = [(x + y) / 2 for x, y in zip(a['exit_shares'], b['exit_shares'])]
+      entry['folds'] = [{k: f[k] for k in ('resolutions', 'thresholds', 'top1', 'ms_per_image',
+                                           'macs') if k in f} for f in (a, b)]
+      merged[key][name] = entry
+  largest = max(merged['resolutions'])
+  for name, point in merged['points'].items():
+    point['time_share'] = point['ms_per_image'] / merged['points'][f'{largest} px']['ms_per_image']
+  for point in merged['macs_points'].values():
+    point['macs_share'] = point['macs'] / merged['macs_points'][f'{largest} px']['macs']
+  return merged
+
+
 def summarise(per_network, key='points'):
   """{point: its fields, with top-1 and each cost the mean over the networks (and `_std`)}."""
   summary = {}
@@ -335,18 +387,26 @@ def _check_table(found, resolutions, cost_name, largest_top1):
 
 
 def markdown(report) -> str:
+  if report.get('calibrate_on') == 'val_halves':
+    calibration = (f"thresholds calibrated on one half of the validation images "
+                   f"({report['calibration_images']}, a seeded split) and timed and scored on the other, then the other way "
+                   f"round, the two folds averaged; the cost each resolution's time per image at "
+                   f"that batch; a point's time per image: the median of {report['repeats']} "
+                   f"passes over its half")
+  else:
+    calibration = (f"thresholds calibrated on {report['calibration_images']} training images "
+                   f"(seed {report['calibration_seed']}) with each resolution's time per image "
+                   f"at that batch as its cost; a point's time per image: the median of "
+                   f"{report['repeats']} passes over the whole validation set")
   lines = [f"Measured {report['date']} on {report['machine']['description']}; 1-minute load "
            f"average {report['load_average_start']} at the start, "
            f"{report['load_average_end']} at the end; wall time {report['wall_minutes']:.1f} "
            f"min.", '', f"`{report['command']}`", '',
            f"{len(report['networks'])} networks ({', '.join(report['networks'])}), "
            f"{report['val_images']} validation images, batches of {report['batch_size']}, "
-           f"thresholds calibrated on {report['calibration_images']} training images "
-           f"(seed {report['calibration_seed']}) with each resolution's time per image at that "
-           f"batch as its cost; a point's time per image: the median of {report['repeats']} "
-           f"passes over the whole validation set (routing, regrouping and padding included; "
-           f"the eval views made beforehand, for every point alike). Mean ± std over the "
-           f"networks; a cascade's stages are listed per network where they differ.", '']
+           f"{calibration} (routing, regrouping and padding included; the eval views made "
+           f"beforehand, for every point alike). Mean ± std over the networks; a cascade's "
+           f"stages are listed per network where they differ.", '']
   for runtime, r in report['runtimes'].items():
     summary, resolutions = r['summary'], r['resolutions']
     head = ['| point | stages | top-1 (%) | ms per image | time / largest\'s | exit shares |',
@@ -521,15 +581,19 @@ def main(argv=None):
   config = int8.data_config(checkpoints.read_meta(args.workdir[0]), args.data_dir)
   log('making the validation views')
   val = cascade.eval_views(config, resolutions, data.make_source(config.data, train=False))
-  log('making the calibration views')
-  cal_arrays, cal_labels, cal_about = cascade.calibration_data(manifest, resolutions,
-                                                               args.data_dir,
-                                                               args.calibration_images)
+  if args.calibrate_on == 'train':
+    log('making the calibration views')
+    cal_arrays, cal_labels, cal_about = cascade.calibration_data(manifest, resolutions,
+                                                                 args.data_dir,
+                                                                 args.calibration_images)
+  else:
+    cal_about = {'images': len(val[1]) // 2, 'seed': 0}
   report = {'command': ' '.join(['python', 'experiments/cascade.py'] + sys.argv[1:]),
             'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
             'machine': profile.machine(), 'python': platform.python_version(),
             'networks': [os.path.basename(os.path.normpath(w)) for w in args.workdir],
             'val_images': int(len(val[1])), 'batch_size': args.batch_size,
+            'calibrate_on': args.calibrate_on,
             'calibration_images': cal_about['images'], 'calibration_seed': cal_about['seed'],
             'repeats': args.repeats, 'levels': args.levels, 'load_average_start': load_start,
             'jax': jax.__version__, 'runtimes': {}}
@@ -537,8 +601,11 @@ def main(argv=None):
     per_network = []
     for dst in dsts:
       log(f'{runtime}: {dst}')
-      per_network.append(measure_network(dst, runtime, val, (cal_arrays, cal_labels), args,
-                                         log))
+      if args.calibrate_on == 'train':
+        per_network.append(measure_network(dst, runtime, val, (cal_arrays, cal_labels), args,
+                                           log))
+      else:
+        per_network.append(two_folds(dst, runtime, val, args, log))
     report['runtimes'][runtime] = runtime_report(per_network, resolutions, args.rules)
     # Written after each runtime, so that a later one's failure keeps the earlier ones'.
     report['wall_minutes'] = (time.time() - begin) / 60
