@@ -103,8 +103,8 @@ def between_size_value_and_grad(net: RSNet, sizes: Tuple[int, ...], train_params
   from its neighbours, which the gradient reaches) in train mode on `make_view(size)`;
   `batch_stats` (any resolution's) is only read for its shapes. Its teacher `ens_logits` is
   detached, so this gradient simply adds to the RS-Nets loss's. One `lax.switch` whose branches
-  each run their own forward and backward: one size runs per step (a switch inside the main
-  gradient would carry every size's residuals, 2.5x the step's time on CPU, measured)."""
+  each run their own forward and backward: one size runs per step, and no branch's residuals
+  ride along in the main backward pass (XLA:CPU runs the conditional slowly: RESULTS.md)."""
   def branch(res):
     net_r = recalibrate.added_network(net, res, recalibrate.DEFAULT_PADDING)
     sources = recalibrate.affine_sources(net.resolutions, res, 'interpolated')
