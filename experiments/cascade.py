@@ -389,9 +389,10 @@ def _check_table(found, resolutions, cost_name, largest_top1):
 def markdown(report) -> str:
   if report.get('calibrate_on') == 'val_halves':
     calibration = (f"thresholds calibrated on one half of the validation images "
-                   f"({report['calibration_images']}, a seeded split) and timed and scored on the other, then the other way "
-                   f"round, the two folds averaged; the cost each resolution's time per image at "
-                   f"that batch; a point's time per image: the median of {report['repeats']} "
+                   f"({report['calibration_images']}, a seeded split) and timed and scored on "
+                   f"the other, then the other way round, the two folds averaged; the cost each "
+                   f"resolution's time per image at that batch; a point's time per image: the "
+                   f"median of {report['repeats']} "
                    f"passes over its half")
   else:
     calibration = (f"thresholds calibrated on {report['calibration_images']} training images "

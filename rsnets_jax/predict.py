@@ -16,7 +16,8 @@ The cascade (rsnets_jax/deploy/cascade.py):
 
     python -m rsnets_jax.predict --model=D --cascade-calibrate [--max-drop=0.5 | --mean-ms=0.2 |
         --mean-macs=2e6] [--cost=time] [--rule=margin] [--cascade-resolutions=32,48,64]
-        [--data-dir=DIR] [--calibration-images=4000] [--runtime=jax] [--batch-size=64]
+        [--data-dir=DIR] [--calibration-images=4000] [--calibration-split=train] [--runtime=jax]
+        [--batch-size=64]
     python -m rsnets_jax.predict --model=D --cascade [--cascade-file=D/cascade.json]
         [--runtime=jax] [--batch-size=64] photo1.jpg photo2.jpg ...
     python -m rsnets_jax.predict --model=D --cascade --cascade-resolutions=32,64 --thresholds=0.8
@@ -24,7 +25,8 @@ The cascade (rsnets_jax/deploy/cascade.py):
 
 `--cascade-calibrate` picks the resolutions (a subset of `--cascade-resolutions`, default all,
 keeping the largest) and thresholds on a seeded subset of `--calibration-images` training images
-(the int8 calibration's; the run's recorded data set, or the class folders of `--data-dir`) for
+(the int8 calibration's; the run's recorded data set, or the class folders of `--data-dir`; or of
+its validation images, `--calibration-split=val`, held out from training, then score on others) for
 one target: top-1 within `--max-drop` points of the largest resolution's at the least mean
 `--cost` per image (the default, 0.5 points; cost `time`: measured at `--batch-size` on
 `--runtime`, or `macs`), or the best top-1 at a mean time (`--mean-ms`) or MACs (`--mean-macs`) per
@@ -43,8 +45,10 @@ from rsnets_jax.deploy import cascade as cascades, formats, manifest as manifest
 from rsnets_jax.errors import ConfigError, DataError
 
 CASCADE_ONLY = ('cascade_file', 'cascade_resolutions', 'thresholds', 'rule', 'max_drop',
-                'mean_ms', 'mean_macs', 'cost', 'data_dir', 'calibration_images', 'batch_size')
-CALIBRATION_ONLY = ('max_drop', 'mean_ms', 'mean_macs', 'cost', 'data_dir', 'calibration_images')
+                'mean_ms', 'mean_macs', 'cost', 'data_dir', 'calibration_images',
+                'calibration_split', 'batch_size')
+CALIBRATION_ONLY = ('max_drop', 'mean_ms', 'mean_macs', 'cost', 'data_dir', 'calibration_images',
+                    'calibration_split')
 
 
 def _flag(name: str) -> str:
@@ -133,6 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cascade.add_argument('--calibration-images', type=int, default=None,
                        help=f'training images to calibrate on (default '
                             f'{cascades.DEFAULT_CALIBRATION_IMAGES})')
+  cascade.add_argument('--calibration-split', default=None,
+                       help='the images to calibrate on: train (default) or val (held out from '
+                            'training; thresholds transfer better, experiments/BENCHMARKS.md)')
   cascade.add_argument('--batch-size', type=int, default=None,
                        help=f'images per call (default {cascades.DEFAULT_BATCH})')
   parser.add_argument('images', nargs='*', help='image files (JPEG, PNG, ...)')
@@ -153,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             resolutions, args.data_dir,
             cascades.DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None
             else args.calibration_images, batch,
-            log=lambda line: print(line, file=sys.stderr))
+            log=lambda line: print(line, file=sys.stderr), split=args.calibration_split or 'train')
         if not args.images:
           return
         args.cascade_resolutions = args.rule = None  # now in the file just written

@@ -16,6 +16,7 @@ from PIL import Image
 import rsnets_jax
 from rsnets_jax import data, predict as predict_command
 from rsnets_jax.deploy import cascade, export, int8, manifest as manifests, predict
+from rsnets_jax.errors import ConfigError
 from rsnets_jax.train import recalibrate
 
 CLASSES = 4
@@ -261,6 +262,15 @@ def test_calibration_meets_its_target_on_the_calibration_images(model):
   chosen = data.seeded_subset(data.make_source(config.data, train=True), 30)
   assert about['images'] == 30 and about['split'] == 'training'
   assert labels.tolist() == [r['label'] for r in chosen]
+  # --calibration-split=val: the validation images, held out from training (all 2 x CLASSES).
+  val_views, val_labels, val_about = cascade.calibration_data(manifest, RESOLUTIONS, None, 30,
+                                                              split='val')
+  val = data.seeded_subset(data.make_source(config.data, train=False), 30)
+  assert val_about['split'] == 'validation' and len(val_labels) == len(val) == 2 * CLASSES
+  assert val_labels.tolist() == [r['label'] for r in val]
+  assert val_views[max(RESOLUTIONS)].shape[0] == 2 * CLASSES
+  with pytest.raises(ConfigError, match='--calibration-split must be one of'):
+    cascade.calibration_data(manifest, RESOLUTIONS, None, 30, split='test')
   stage_logits = cascade.logits_at(models, views)
   macs = {r: float(manifests.row(manifest, r)['macs']) for r in RESOLUTIONS}
   rule = cascade.RULES['entropy']

@@ -316,8 +316,8 @@ def markdown(report) -> str:
     lines.append(f"| {row} | {_cell(s['to_smaller'])} | {_cell(s['to_line'])} | "
                  f"{_cell(s['at_or_above'], 1)} of {count} | {_cell(s['within_half'], 1)} of "
                  f"{count} | {_cell(s['trained_change'])} |")
-  lines += ['', 'The goal on the mean curve (every added size at or above its smaller neighbour and '
-            'within 0.5 of the line in MACs; the curve rising with MACs):', '']
+  lines += ['', 'The goal on the mean curve (every added size at or above its smaller neighbour '
+            'and within 0.5 of the line in MACs; the curve rising with MACs):', '']
   for row in rows:
     if row.startswith(('recal_trained', 'same_grid', 'even_maps_grid')):
       continue

@@ -9,7 +9,8 @@ the ensemble of them, as the RS-Net was trained to combine them) and how confide
 below 1: thresholds of 0 send every image out at the first stage, thresholds of 1 none.
 
 Thresholds are calibrated (`calibrate`, `calibrate_model`) on a seeded subset of the training
-images (`data.seeded_subset`, as int8 calibration), for a target the user gives: top-1 within
+images (`data.seeded_subset`, as int8 calibration; or of the validation images, which the
+network never fitted: `split='val'`), for a target the user gives: top-1 within
 `max_drop` points of the largest resolution's at the least cost (`WithinAccuracy`), or the best
 top-1 within a mean cost per image (`WithinBudget`). A cost (`COSTS`) is the time per image of
 each resolution measured at the batch size on the runtime, or its MACs (the manifest's). The
@@ -40,6 +41,7 @@ CASCADE_FILE = 'cascade.json'
 DEFAULT_BATCH = 64
 SMALLEST_BUCKET = 8
 DEFAULT_CALIBRATION_IMAGES = 4000  # as experiments/cascade.py calibrated
+CALIBRATION_SPLITS = {'train': 'training', 'val': 'validation'}  # --calibration-split: its name
 DEFAULT_MAX_DROP = 0.5  # points of top-1 below the largest resolution's
 DEFAULT_LEVELS = 16  # thresholds per stage that the calibration tries: exit shares 1/16 .. 16/16
 TIMING_SECONDS = 1.0  # each resolution's time per image is measured for at least this long
@@ -471,11 +473,16 @@ def eval_views(config, resolutions: Sequence[int], source: Sequence):
 
 
 def calibration_data(manifest: Dict[str, Any], resolutions: Sequence[int],
-                     data_dir: Optional[str], num_images: int):
-  """(views, labels, about) of `num_images` training images of the network's data set (its
-  recorded one, or the class folders of `data_dir`), the int8 calibration's seeded subset."""
+                     data_dir: Optional[str], num_images: int, split: str = 'train'):
+  """(views, labels, about) of `num_images` images of the network's data set (its recorded one,
+  or the class folders of `data_dir`): a seeded subset (the int8 calibration's) of its training
+  split, or of its validation split (`split='val'`: images the network never trained on, whose
+  thresholds transfer better (experiments/BENCHMARKS.md); then score it on other images)."""
   if num_images < 1:
     raise ConfigError(f'--calibration-images must be at least 1, got {num_images}')
+  if split not in CALIBRATION_SPLITS:
+    raise ConfigError(f'--calibration-split must be one of {list(CALIBRATION_SPLITS)}, got '
+                      f'{split!r}')
   source = manifest.get('source', {})
   try:
     meta = checkpoints.read_meta(source['path'], source.get('checkpoint', 'latest'))
@@ -486,14 +493,15 @@ def calibration_data(manifest: Dict[str, Any], resolutions: Sequence[int],
                       'model was exported from is not here to say where they are: pass '
                       '--data-dir=DIR (class folders in DIR/train and DIR/val)')
   config = int8.data_config(meta, data_dir)
-  train = data.make_source(config.data, train=True)
-  if data.num_classes(config, train) != manifest['num_classes']:
-    raise ConfigError(f'{data.describe(config.data)} has {data.num_classes(config, train)} '
+  source = data.make_source(config.data, train=split == 'train')
+  if data.num_classes(config, source) != manifest['num_classes']:
+    raise ConfigError(f'{data.describe(config.data)} has {data.num_classes(config, source)} '
                       f'classes, the network {manifest["num_classes"]}: calibration needs '
                       f'images of its own classes')
-  chosen = data.seeded_subset(train, num_images)
+  chosen = data.seeded_subset(source, num_images)
   arrays, labels = eval_views(config, resolutions, chosen)
-  about = {'data': data.report_name(config.data), 'split': 'training', 'images': len(labels),
+  about = {'data': data.report_name(config.data), 'split': CALIBRATION_SPLITS[split],
+           'images': len(labels),
            'seed': data.SUBSET_SEED,
            'view': 'rsnets_jax.data.eval_view (per resolution, bilinear), as predict makes it'}
   return arrays, labels, about
@@ -503,10 +511,10 @@ def calibrate_model(model_dir, runtime: str = 'jax', rule: str = DEFAULT_RULE, t
                     resolutions: Optional[Sequence[int]] = None, data_dir: Optional[str] = None,
                     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
                     batch_size: int = DEFAULT_BATCH, levels: int = DEFAULT_LEVELS,
-                    log=print) -> Dict[str, Any]:
+                    log=print, split: str = 'train') -> Dict[str, Any]:
   """Calibrates the cascade of the export in `model_dir` on `runtime` for `target` (default:
-  WithinAccuracy()) over `resolutions` (default: all) and writes CASCADE_FILE there; returns
-  what it wrote."""
+  WithinAccuracy()) over `resolutions` (default: all) on `calibration_data`'s images of `split`
+  and writes CASCADE_FILE there; returns what it wrote."""
   target = target or WithinAccuracy()
   the_rule, cost = rule_named(rule), cost_named(target.cost)
   bucket_sizes(batch_size)  # checks it
@@ -516,8 +524,10 @@ def calibrate_model(model_dir, runtime: str = 'jax', rule: str = DEFAULT_RULE, t
   for r in resolutions:
     manifests.row(manifest, r)
   models = load_models(model_dir, manifest, resolutions, runtime)
-  arrays, labels, about = calibration_data(manifest, resolutions, data_dir, calibration_images)
-  log(f'calibrating on {len(labels)} training images of {about["data"]} at {resolutions} px')
+  arrays, labels, about = calibration_data(manifest, resolutions, data_dir, calibration_images,
+                                           split)
+  log(f'calibrating on {len(labels)} {about["split"]} images of {about["data"]} at '
+      f'{resolutions} px')
   stage_logits = logits_at(models, arrays, batch_size)
   costs = cost.per_image(manifest, models, batch_size)
   found = calibrate(stage_logits, labels, costs, the_rule, target, cost.unit, levels)

@@ -2,12 +2,12 @@
 added to its checkpoint (recalibrate.py), saved beside it, and evaluated with the trained ones.
 
 Reads the checkpoint and never writes there. Each resolution gets the BatchNorm affine parameters
-interpolated between its training neighbours, its strided convolutions' odd inputs padded from the edge
-(`RSNet.added_padding`), and running statistics re-estimated at that resolution from the
-evaluation views of training images (`padding='zeros'`, `views='train'`, `affine='nearest'`:
-the earlier procedure). The extended network is saved where `rsnets_jax.load` reads it, with results.json,
-results.md and accuracy_vs_macs.png: every resolution on the validation set, the added ones
-marked as not trained.
+interpolated between its training neighbours, its strided convolutions' odd inputs padded from
+the edge (`RSNet.added_padding`), and running statistics re-estimated at that resolution from the
+evaluation views of training images (`padding='zeros'`, `views='train'`, `affine='nearest'`: the
+earlier procedure). The extended network is saved where `rsnets_jax.load` reads it, with
+results.json, results.md and accuracy_vs_macs.png: every resolution on the validation set, the
+added ones marked as not trained.
 """
 import logging
 import os
