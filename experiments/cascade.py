@@ -265,7 +265,7 @@ def two_folds(dst, runtime, val, args, log):
                                            'macs') if k in f} for f in (a, b)]
       merged[key][name] = entry
   largest = max(merged['resolutions'])
-  for name, point in merged['points'].items():
+  for point in merged['points'].values():
     point['time_share'] = point['ms_per_image'] / merged['points'][f'{largest} px']['ms_per_image']
   for point in merged['macs_points'].values():
     point['macs_share'] = point['macs'] / merged['macs_points'][f'{largest} px']['macs']

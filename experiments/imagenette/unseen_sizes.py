@@ -62,20 +62,26 @@ from rsnets_jax.data import folder, preprocess
 from rsnets_jax.models import RESOLUTION_KEY
 from rsnets_jax.train import evaluate, recalibrate, sharding
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import between_sizes  # noqa: E402  pylint: disable=wrong-import-position
+
 ROWS = ('today', 'affine_smaller', 'affine_larger', 'affine_interp', 'stats_interp',
         'stats_eval_views', 'stats_pooled', 'stats_4x', 'recal_trained', 'same_grid',
         'even_maps', 'even_maps_grid', 'even_maps_interp', 'even_maps_eval_views',
         'recal_trained_eval_views', 'add_resolution', 'add_resolution_nearest')
 
 
-def between(trained: Sequence[int]) -> List[int]:
-  """The even sizes strictly between the smallest and the largest trained one, not trained."""
-  return [r for r in range(max(trained) - 2, min(trained), -2) if r not in trained]
-
-
 def neighbours(trained: Sequence[int], res: int):
   """(smaller, larger) trained sizes around `res`."""
   return max(r for r in trained if r < res), min(r for r in trained if r > res)
+
+
+def line_in_macs(top1: Dict[int, float], macs: Dict[int, float], trained: Sequence[int],
+                 res: int) -> float:
+  """The top-1 at `res` on the straight line, in MACs, between its two trained neighbours'."""
+  small, large = neighbours(trained, res)
+  w = (macs[res] - macs[small]) / (macs[large] - macs[small])
+  return (1 - w) * top1[small] + w * top1[large]
 
 
 def interpolate(tree_a, tree_b, weight_b: float):
@@ -160,7 +166,7 @@ def run(config, workdirs, out, num_images, rows=ROWS, also=None, figure_with=Non
   val = data.DecodedSource(folder.FolderSource(config.data.data_dir, 'val'),
                            config.data.read_threads)
   trained = tuple(config.model.resolutions)
-  sizes = between(trained)
+  sizes = list(between_sizes(trained))
   same_grid = [r - 1 for r in trained[:-1]]
   everything = sorted(set(trained) | set(sizes) | set(same_grid), reverse=True)
   mesh = sharding.make_mesh()
@@ -251,9 +257,8 @@ def summary(report, row) -> Dict[str, List[float]]:
       continue
     gaps, lines, above, within = [], [], 0, 0
     for res in sizes:
-      small, large = neighbours(trained, res)
-      w = (macs[res] - macs[small]) / (macs[large] - macs[small])
-      line = (1 - w) * top1[small] + w * top1[large]
+      small = neighbours(trained, res)[0]
+      line = line_in_macs(top1, macs, trained, res)
       # A same-grid size against the trained size whose feature-map sizes it has (1 px more).
       reference = top1[res + 1] if row in ('same_grid', 'even_maps_grid') else top1[small]
       gaps.append(top1[res] - reference)
@@ -279,9 +284,8 @@ def goal(report, row) -> Dict[str, object]:
       mean[res] = float(np.mean(values))
   below, off_line = [], []
   for res in report['sizes']:
-    small, large = neighbours(trained, res)
-    w = (macs[res] - macs[small]) / (macs[large] - macs[small])
-    line = (1 - w) * mean[small] + w * mean[large]
+    small = neighbours(trained, res)[0]
+    line = line_in_macs(mean, macs, trained, res)
     if mean[res] < mean[small]:
       below.append(res)
     if abs(mean[res] - line) > 0.5:
