@@ -310,8 +310,55 @@ def test_calibration_meets_its_target_on_the_calibration_images(model):
   assert read == want.cascade and again == record
   assert record['calibration']['top1'] == pytest.approx(want.accuracy)
   assert record['calibration']['cost_per_image'] <= 0.75 * macs[24]
+  assert record['calibration']['measured_cost_per_image'] is None  # MACs are not timed
+  assert record['calibration']['cost_scale'] == 1.0
   assert sum(record['calibration']['exit_shares']) == pytest.approx(1.0)
   (dst / cascade.CASCADE_FILE).unlink()
+
+
+def test_a_time_budget_holds_in_measured_time():
+  """fit_measured: a pass that costs 25% over its stages' times (routing, regrouping) makes the
+  first choice overrun a budget; the costs scaled by measured / modelled, the next choice is the
+  best cascade whose measured cost fits, and an accuracy target is measured once, not moved."""
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 5, 400)
+  stage_logits = {r: rng.normal(size=(400, 5)) + noise * np.eye(5)[labels]
+                  for r, noise in ((8, 1.0), (12, 2.0), (16, 3.5))}
+  costs = {8: 1.0, 12: 2.0, 16: 4.0}
+  rule = cascade.RULES['margin']
+  candidates = cascade.Candidates(stage_logits, labels, costs, rule, 'ms')
+
+  def modelled(c):  # the stages' costs at the exit shares, as Candidates counts them
+    routed = cascade.route([stage_logits[r] for r in c.resolutions], c.thresholds, rule)
+    return float(np.mean(np.cumsum([costs[r] for r in c.resolutions])[routed.stage]))
+
+  calls = []
+
+  def measure(c):
+    calls.append(c)
+    return 1.25 * modelled(c)
+
+  budget = cascade.WithinBudget(2.5)
+  first = candidates.pick(budget)
+  assert first.cost <= 2.5 < 1.25 * first.cost  # the stages' times alone would overrun
+  found, measured, scale = cascade.fit_measured(candidates, budget, measure)
+  assert scale == pytest.approx(1.25) and len(calls) == 2 and calls[0] == first.cascade
+  assert measured == pytest.approx(1.25 * modelled(found.cascade)) and measured <= 2.5
+  assert found.cost == pytest.approx(measured)
+  fits = candidates.cost * 1.25 <= 2.5 * (1 + 1e-12)
+  assert found.accuracy == pytest.approx(candidates.accuracy[fits].max())
+  assert found.accuracy < first.accuracy
+  # One round: the overrunning choice comes back with its measurement, for the caller to report.
+  found, measured, scale = cascade.fit_measured(candidates, budget, measure, rounds=1)
+  assert found.cascade == first.cascade and scale == 1.0 and budget.exceeded_by(measured)
+  # An accuracy target is the least cost that meets it whatever the scale: measured once.
+  calls.clear()
+  target = cascade.WithinAccuracy(2.0)
+  found, measured, scale = cascade.fit_measured(candidates, target, measure)
+  assert found == candidates.pick(target) and len(calls) == 1 and scale == 1.0
+  # A budget that nothing meets once measured is the target error.
+  with pytest.raises(ConfigError, match='no cascade of .* meets the target'):
+    cascade.fit_measured(candidates, cascade.WithinBudget(1.1), measure)
 
 
 # -- predict --cascade ----------------------------------------------------------------------------
@@ -334,6 +381,9 @@ def test_predict_cascade_end_to_end(model, tmp_path, capsys):
   chosen, record = cascade.read_cascade(dst)
   assert record['calibration']['images'] == 24 and record['calibration']['cost_unit'] == 'ms'
   assert record['calibration']['top1'] >= record['calibration']['largest_top1'] - 10
+  # Time is checked on a whole pass; an accuracy target is not moved by it.
+  assert record['calibration']['measured_cost_per_image'] > 0
+  assert record['calibration']['cost_scale'] == 1.0
   err = err.splitlines()
   assert err[0].startswith('calibrating on 24 training images')
   assert err[1].startswith(f'cascade {chosen.describe()}: top-1 ') and 'wrote' in err[1]

@@ -8,7 +8,7 @@ the ensemble of them, as the RS-Net was trained to combine them) and how confide
 [0, 1]. An image leaves stage k when its confidence is at least thresholds[k] and thresholds[k] is
 below 1: thresholds of 0 send every image out at the first stage, thresholds of 1 none.
 
-Thresholds are calibrated (`calibrate`, `calibrate_model`) on a seeded subset of the training
+Thresholds are calibrated (`Candidates`, `calibrate_model`) on a seeded subset of the training
 images (`data.seeded_subset`, as int8 calibration; or of the validation images, which the
 network never fitted: `split='val'`), for a target the user gives: top-1 within
 `max_drop` points of the largest resolution's at the least cost (`WithinAccuracy`), or the best
@@ -16,10 +16,13 @@ top-1 within a mean cost per image (`WithinBudget`). A cost (`COSTS`) is the tim
 each resolution measured at the batch size on the runtime, or its MACs (the manifest's). The
 calibration tries every subset of the resolutions that keeps the largest, and per stage the
 thresholds that let a fixed share of the calibration images out (quantiles of the stage's
-confidence), and 1. It writes `cascade.json` into the model directory; `python -m
-rsnets_jax.predict --cascade` reads it (rsnets_jax/predict.py).
+confidence), and 1. In time, the chosen cascade is then timed as it will run (routing,
+regrouping and padded batches cost 5-8% over its stages' times, experiments/BENCHMARKS.md), and a
+budget it overruns is tightened by that ratio and the choice made again (`fit_measured`). It
+writes `cascade.json` into the model directory; `python -m rsnets_jax.predict --cascade` reads it
+(rsnets_jax/predict.py).
 
-The maths are pure functions of logits (`route`, `grid`, `calibrate`); `run` is the same routing
+The maths are pure functions of logits (`route`, `grid`, `Candidates`); `run` is the same routing
 with the models called on the images still in the running, in batches padded to a few sizes
 (`bucket_sizes`), so that JAX compiles a handful of shapes per resolution, not one per batch.
 """
@@ -45,6 +48,8 @@ CALIBRATION_SPLITS = {'train': 'training', 'val': 'validation'}  # --calibration
 DEFAULT_MAX_DROP = 0.5  # points of top-1 below the largest resolution's
 DEFAULT_LEVELS = 16  # thresholds per stage that the calibration tries: exit shares 1/16 .. 16/16
 TIMING_SECONDS = 1.0  # each resolution's time per image is measured for at least this long
+MEASURED_ROUNDS = 3  # a time budget: choose, time the whole pass, tighten; at most this often
+PASS_REPEATS = 3  # a cascade's measured time is the median of this many passes
 
 Function = Callable[[np.ndarray], np.ndarray]
 # (resolution, image indices) -> uint8 eval views (len(indices), res, res, 3)
@@ -264,6 +269,10 @@ class WithinAccuracy:
     ok = np.flatnonzero(accuracy >= reference - self.max_drop - 1e-9)
     return None if not len(ok) else int(ok[np.lexsort((-accuracy[ok], cost[ok]))[0]])
 
+  def exceeded_by(self, cost: float) -> bool:
+    del cost  # any cost: the least that meets the accuracy was chosen
+    return False
+
   def describe(self, unit: str) -> str:
     return (f'top-1 within {self.max_drop:g} points of the largest resolution\'s, at the least '
             f'mean {unit} per image')
@@ -286,6 +295,9 @@ class WithinBudget:
     del reference
     ok = np.flatnonzero(cost <= self.limit * (1 + 1e-12))
     return None if not len(ok) else int(ok[np.lexsort((cost[ok], -accuracy[ok]))[0]])
+
+  def exceeded_by(self, cost: float) -> bool:
+    return cost > self.limit * (1 + 1e-12)
 
   def describe(self, unit: str) -> str:
     return f'the best top-1 at a mean of at most {self.limit:.4g} {unit} per image'
@@ -347,7 +359,7 @@ class Calibrated:
 
 
 class Candidates:
-  """Every cascade `calibrate` chooses from, with its top-1 and mean cost on the calibration
+  """Every cascade `calibrate_model` chooses from, with its top-1 and mean cost on the calibration
   images whose logits at each resolution are `stage_logits` ({res: (N, classes)}): every subset
   of the resolutions that keeps the largest, with the thresholds of `grid`. Computed once, then
   `pick` for as many targets as wanted."""
@@ -379,11 +391,13 @@ class Candidates:
     stages, combos = self.subsets[subset]
     return Cascade(stages, tuple(combos[index - self.offsets[subset]]), self.rule)
 
-  def pick(self, target) -> Calibrated:
-    """The cascade that meets `target` (WithinAccuracy, WithinBudget)."""
-    best = target.choose(self.accuracy, self.cost, self.reference_accuracy)
+  def pick(self, target, scale: float = 1.0) -> Calibrated:
+    """The cascade that meets `target` (WithinAccuracy, WithinBudget), every cost times `scale`
+    (measured over modelled time, `fit_measured`)."""
+    cost = self.cost * scale
+    best = target.choose(self.accuracy, cost, self.reference_accuracy)
     if best is None:
-      cheapest = min(self.costs[r] for r in self.resolutions)
+      cheapest = scale * min(self.costs[r] for r in self.resolutions)
       raise ConfigError(f'no cascade of {self.resolutions} px meets the target '
                         f'({target.describe(self.unit)}); the cheapest, '
                         f'{min(self.resolutions)} px alone, costs {cheapest:.4g} {self.unit} '
@@ -392,15 +406,27 @@ class Candidates:
     routed = route([self.stage_logits[r] for r in cascade.resolutions], cascade.thresholds,
                    self.rule)
     shares = tuple(n / len(self.labels) for n in routed.exit_counts(len(cascade.resolutions)))
-    return Calibrated(cascade, float(self.accuracy[best]), float(self.cost[best]),
-                      self.reference_accuracy, float(self.costs[self.resolutions[-1]]), shares)
+    return Calibrated(cascade, float(self.accuracy[best]), float(cost[best]),
+                      self.reference_accuracy, scale * float(self.costs[self.resolutions[-1]]),
+                      shares)
 
 
-def calibrate(stage_logits: Mapping[int, np.ndarray], labels: np.ndarray,
-              costs: Mapping[int, float], rule: Rule, target, unit: str = 'ms',
-              levels: int = DEFAULT_LEVELS) -> Calibrated:
-  """The cascade that meets `target` on the calibration images (`Candidates`)."""
-  return Candidates(stage_logits, labels, costs, rule, unit, levels).pick(target)
+def fit_measured(candidates: Candidates, target, measure: Callable[[Cascade], float],
+                 rounds: int = MEASURED_ROUNDS) -> Tuple[Calibrated, float, float]:
+  """(chosen, its measured cost, scale): `candidates.pick(target)`, measured by `measure`; while
+  that overruns a budget, every cost is scaled by measured / modelled and the choice made again,
+  at most `rounds` measurements. The last choice's measurement is returned, over or not."""
+  if rounds < 1:
+    raise ValueError(f'rounds must be at least 1, got {rounds}')
+  scale = 1.0
+  found = candidates.pick(target)
+  for k in range(rounds):
+    measured = float(measure(found.cascade))
+    if not target.exceeded_by(measured) or k == rounds - 1:
+      break
+    scale *= measured / found.cost  # found.cost is modelled at the current scale
+    found = candidates.pick(target, scale)
+  return found, measured, scale
 
 
 # -- costs ----------------------------------------------------------------------------------------
@@ -422,16 +448,31 @@ def stage_times(models: Mapping[int, Function], batch_size: int = DEFAULT_BATCH,
   return times
 
 
+def pass_time(cascade: Cascade, models: Mapping[int, Function], views: Views, num_images: int,
+              batch_size: int = DEFAULT_BATCH, repeats: int = PASS_REPEATS) -> float:
+  """The cascade's time per image (ms) over `num_images` images as `run` runs them (routing,
+  regrouping and padding included): the median of `repeats` passes, the models warmed up."""
+  warm_up({r: models[r] for r in cascade.resolutions}, batch_size)
+  passes = []
+  for _ in range(repeats):
+    begin = time.perf_counter()
+    run(cascade, models, views, num_images, batch_size)
+    passes.append(time.perf_counter() - begin)
+  return 1e3 * float(np.median(passes)) / num_images
+
+
 @dataclasses.dataclass(frozen=True)
 class Cost:
-  """What a stage costs per image: its `unit`, and `per_image(manifest, models, batch_size)`."""
+  """What a stage costs per image: its `unit`, `per_image(manifest, models, batch_size)`, and
+  whether a chosen cascade's whole pass is `timed` to check it (time: its routing costs too)."""
   name: str
   unit: str
   per_image: Callable[[Dict[str, Any], Mapping[int, Function], int], Dict[int, float]]
+  timed: bool = False
 
 
 COSTS: Dict[str, Cost] = {c.name: c for c in (
-    Cost('time', 'ms', lambda manifest, models, batch: stage_times(models, batch)),
+    Cost('time', 'ms', lambda manifest, models, batch: stage_times(models, batch), timed=True),
     Cost('macs', 'MACs', lambda manifest, models, batch: {
         r: float(manifests.row(manifest, r)['macs']) for r in models}),
 )}
@@ -530,7 +571,13 @@ def calibrate_model(model_dir, runtime: str = 'jax', rule: str = DEFAULT_RULE, t
       f'{resolutions} px')
   stage_logits = logits_at(models, arrays, batch_size)
   costs = cost.per_image(manifest, models, batch_size)
-  found = calibrate(stage_logits, labels, costs, the_rule, target, cost.unit, levels)
+  candidates = Candidates(stage_logits, labels, costs, the_rule, cost.unit, levels)
+  if cost.timed:
+    views = array_views(arrays)
+    found, measured, scale = fit_measured(candidates, target, lambda c: pass_time(
+        c, models, views, len(labels), batch_size))
+  else:
+    found, measured, scale = candidates.pick(target), None, 1.0
   cascade = found.cascade
   record = {
       'resolutions': list(cascade.resolutions), 'thresholds': list(cascade.thresholds),
@@ -540,15 +587,20 @@ def calibrate_model(model_dir, runtime: str = 'jax', rule: str = DEFAULT_RULE, t
                       'largest_top1': found.reference_accuracy,
                       'cost_per_image': found.cost, 'largest_cost_per_image': found.reference_cost,
                       'cost_unit': cost.unit, 'stage_costs': {str(r): c for r, c in costs.items()},
+                      'measured_cost_per_image': measured, 'cost_scale': scale,
                       'exit_shares': list(found.exit_shares)},
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
   path = os.path.join(os.fspath(model_dir), CASCADE_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=1)
   os.replace(path + '.tmp', path)
-  log(f'cascade {cascade.describe()}: top-1 {found.accuracy:.2f}% at {found.cost:.4g} '
+  timed = '' if measured is None else f' (measured {measured:.4g})'
+  log(f'cascade {cascade.describe()}: top-1 {found.accuracy:.2f}% at {found.cost:.4g}{timed} '
       f'{cost.unit} per image on the calibration images ({max(resolutions)} px alone: '
       f'{found.reference_accuracy:.2f}% at {found.reference_cost:.4g}); wrote {path}')
+  if measured is not None and target.exceeded_by(measured):
+    log(f'warning: the cascade measured {measured:.4g} {cost.unit} per image, short of the target '
+        f'({target.describe(cost.unit)}) after {MEASURED_ROUNDS} tries; the machine may be busy')
   return record
 
 
