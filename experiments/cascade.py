@@ -14,8 +14,10 @@ EXPORTS/<its folder name> (kept when already there). `--data-dir` holds the clas
     seeded subset, deploy/int8.py);
   - each resolution's time per image at `--batch-size` is measured (cascade.stage_times): the
     cost the calibration counts;
-  - per confidence rule, the thresholds are calibrated on the training images
-    (cascade.Candidates) for each target: a mean time per image of at most each size's between
+  - per confidence rule, the thresholds are calibrated on the training images as
+    `predict --cascade-calibrate` calibrates them (cascade.Candidates, then cascade.fit_measured:
+    the chosen cascade timed over the calibration images, a budget it overruns tightened by
+    measured / modelled) for each target: a mean time per image of at most each size's between
     the smallest and the largest, or `--budgets` times the largest's (a budget below the
     smallest size's is skipped), and top-1 within `--drops` points of the largest's at the least
     time;
@@ -169,6 +171,7 @@ def measure_network(dst, runtime, val, cal, args, log):
   cascade.warm_up(models, args.batch_size)
   val_arrays, val_labels = val
   cal_arrays, cal_labels = cal
+  cal_views = cascade.array_views(cal_arrays)
   stage_ms = cascade.stage_times(models, args.batch_size, args.stage_seconds)
   cal_logits = cascade.logits_at(models, cal_arrays, args.batch_size)
   val_logits = cascade.logits_at(models, val_arrays, args.batch_size)
@@ -184,9 +187,10 @@ def measure_network(dst, runtime, val, cal, args, log):
   for rule_name in args.rules:
     rule = cascade.RULES[rule_name]
     candidates = cascade.Candidates(cal_logits, cal_labels, stage_ms, rule, 'ms', args.levels)
+    measure = lambda c: cascade.pass_time(c, models, cal_views, len(cal_labels), args.batch_size)
     for target_name, target in targets(args, stage_ms, 'time', 'time').items():
       try:
-        found = candidates.pick(target)
+        found, measured, scale = cascade.fit_measured(candidates, target, measure)
       except UserError as e:  # a budget below the smallest size's cost
         log(f'  {rule_name}: {target_name}: skipped: {e}')
         continue
@@ -195,7 +199,9 @@ def measure_network(dst, runtime, val, cal, args, log):
       about[name] = {'kind': 'cascade', 'rule': rule_name, 'target': target_name,
                      'resolutions': list(found.cascade.resolutions),
                      'thresholds': list(found.cascade.thresholds),
-                     'calibration_top1': found.accuracy, 'calibration_ms': found.cost,
+                     # the stages' times at the calibration exit shares, unscaled as before
+                     'calibration_top1': found.accuracy, 'calibration_ms': found.cost / scale,
+                     'calibration_measured_ms': measured, 'calibration_scale': scale,
                      'calibration_largest_top1': found.reference_accuracy,
                      'calibration_exit_shares': list(found.exit_shares)}
   # The same cascade under several targets is timed once.

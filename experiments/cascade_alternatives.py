@@ -26,19 +26,17 @@ the view mirrored left-right. Then, mean over the networks:
     added small sizes as first stages (counting MACs: they have no measured time, and time
     only adds to a small size's share);
   - goal 1 (above each middle size at its measured time), held-out, the margin rule, any last
-    size, up to three stages, the costs with the pass overhead, as a product calibration would
-    have to count them to meet the budget when measured.
+    size, up to three stages, the costs with the pass overhead, as a calibration must count
+    them to meet the budget when measured (the product measures it: cascade.fit_measured).
 Writes alternatives.json and alternatives.md to `--out`.
 """
 import argparse
-import datetime
 import itertools
 import json
 import os
 import sys
 import time
 
-import jax
 import numpy as np
 
 import rsnets_jax
@@ -352,25 +350,8 @@ def markdown(report):
 
 
 def main(argv=None):
-  args = parse_args(argv)
-  log = lambda line: print(line, flush=True)  # pylint: disable=unnecessary-lambda-assignment
-  begin = time.time()
-  report = measure(args, log)
-  report.update({
-      'command': ' '.join(['python experiments/cascade_alternatives.py --data-dir=DIR'] +
-                          [f'--workdir={cascade_bound.relative(w)}' for w in args.workdir] +
-                          [f'--timings={cascade_bound.relative(args.timings)}',
-                           f'--out={cascade_bound.relative(args.out)}']),
-      'machine': cascade_bound._cpu(), 'jax': jax.__version__,  # pylint: disable=protected-access
-      'wall_seconds': time.time() - begin,
-      'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'alternatives.json'), 'w') as f:
-    json.dump(report, f)
-  text = markdown(report)
-  with open(os.path.join(args.out, 'alternatives.md'), 'w') as f:
-    f.write(text)
-  log(text)
+  cascade_bound.run_and_record('cascade_alternatives.py', 'alternatives', parse_args(argv),
+                               measure, markdown)
 
 
 if __name__ == '__main__':

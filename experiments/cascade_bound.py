@@ -280,24 +280,29 @@ def _cpu():
   return f"{models[0] if models else 'unknown CPU'}, {os.cpu_count()} cores"
 
 
-def main(argv=None):
-  args = parse_args(argv)
+def run_and_record(script: str, stem: str, args, measure, markdown):
+  """`measure(args, log)`'s report with its command (machine paths made relative), machine,
+  versions, date and wall time, written to `args.out` as <stem>.json and <stem>.md."""
   log = lambda line: print(line, flush=True)  # pylint: disable=unnecessary-lambda-assignment
   begin = time.time()
   report = measure(args, log)
   report.update({
-      'command': ' '.join(['python experiments/cascade_bound.py --data-dir=DIR'] +
+      'command': ' '.join([f'python experiments/{script} --data-dir=DIR'] +
                           [f'--workdir={relative(w)}' for w in args.workdir] +
                           [f'--timings={relative(args.timings)}', f'--out={relative(args.out)}']),
       'machine': _cpu(), 'jax': jax.__version__, 'wall_seconds': time.time() - begin,
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')})
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'bound.json'), 'w') as f:
+  with open(os.path.join(args.out, f'{stem}.json'), 'w') as f:
     json.dump(report, f)
   text = markdown(report)
-  with open(os.path.join(args.out, 'bound.md'), 'w') as f:
+  with open(os.path.join(args.out, f'{stem}.md'), 'w') as f:
     f.write(text)
   log(text)
+
+
+def main(argv=None):
+  run_and_record('cascade_bound.py', 'bound', parse_args(argv), measure, markdown)
 
 
 if __name__ == '__main__':
