@@ -19,9 +19,8 @@ EXPORTS/<its folder name> (kept when already there). `--data-dir` holds the clas
     the chosen cascade timed over the calibration images, a budget it overruns tightened by
     measured / modelled) for each target: a mean time per image of at most each size's between
     the smallest and the largest, or `--budgets` times the largest's (a budget below the
-    smallest size's is skipped), each size's time its measured pass over the calibration images
-    (cascade.pass_time, as a cascade's is measured), and top-1 within `--drops` points of the
-    largest's at the least time;
+    smallest size's is skipped), and top-1 within `--drops` points of the largest's at the least
+    time;
   - every point (each fixed resolution alone, the ensemble of all of them, each calibrated
     cascade) runs over the whole validation set in batches of `--batch-size` through
     cascade.run, routing, regrouping and padding included, `--repeats` times, the points in a
@@ -178,10 +177,6 @@ def measure_network(dst, runtime, val, cal, args, log):
   val_logits = cascade.logits_at(models, val_arrays, args.batch_size)
   log(f'  stage ms per image at batch {args.batch_size}: ' +
       ', '.join(f'{r}: {stage_ms[r]:.4f}' for r in resolutions))
-  measure = lambda c: cascade.pass_time(c, models, cal_views, len(cal_labels), args.batch_size)
-  pass_ms = {r: measure(cascade.Cascade((r,), ())) for r in resolutions}  # the time budgets
-  log('  measured pass ms per image on the calibration images: ' +
-      ', '.join(f'{r}: {pass_ms[r]:.4f}' for r in resolutions))
   points, about = {}, {}
   for r in resolutions:
     points[f'{r} px'] = cascade.Cascade((r,), (), cascade.RULES['top_probability'])
@@ -192,7 +187,8 @@ def measure_network(dst, runtime, val, cal, args, log):
   for rule_name in args.rules:
     rule = cascade.RULES[rule_name]
     candidates = cascade.Candidates(cal_logits, cal_labels, stage_ms, rule, 'ms', args.levels)
-    for target_name, target in targets(args, pass_ms, 'time', 'time').items():
+    measure = lambda c: cascade.pass_time(c, models, cal_views, len(cal_labels), args.batch_size)
+    for target_name, target in targets(args, stage_ms, 'time', 'time').items():
       try:
         found, measured, scale = cascade.fit_measured(candidates, target, measure)
       except UserError as e:  # a budget below the smallest size's cost
@@ -231,8 +227,7 @@ def measure_network(dst, runtime, val, cal, args, log):
   for name, r in results.items():
     r['time_share'] = r['ms_per_image'] / results[f'{largest} px']['ms_per_image']
   log(f'  1-minute load average {load_start} at the start, {os.getloadavg()[0]:.2f} at the end')
-  return {'stage_ms': {str(r): v for r, v in stage_ms.items()},
-          'calibration_pass_ms': {str(r): v for r, v in pass_ms.items()}, 'points': results,
+  return {'stage_ms': {str(r): v for r, v in stage_ms.items()}, 'points': results,
           'resolutions': resolutions,
           'load_average': [load_start, round(os.getloadavg()[0], 2)],
           'macs_points': counted_macs(manifest, cal, val, cal_logits, val_logits, args)}
@@ -261,8 +256,7 @@ def two_folds(dst, runtime, val, args, log):
     folds.append(measure_network(dst, runtime, subset(val, eval_idx), subset(val, cal_idx),
                                  args, log))
   merged = dict(folds[0])
-  merged['folds'] = [{k: f[k] for k in ('stage_ms', 'calibration_pass_ms', 'load_average')}
-                     for f in folds]
+  merged['folds'] = [{k: f[k] for k in ('stage_ms', 'load_average')} for f in folds]
   for key in ('points', 'macs_points'):
     merged[key] = {}
     for name in [n for n in folds[0][key] if n in folds[1][key]]:

@@ -16,8 +16,7 @@ top-1 within a mean cost per image (`WithinBudget`). A cost (`COSTS`) is the tim
 each resolution measured at the batch size on the runtime, or its MACs (the manifest's). The
 calibration tries every subset of the resolutions that keeps the largest, and per stage the
 thresholds that let a fixed share of the calibration images out (quantiles of the stage's
-confidence), and 1; then each threshold of the chosen cascade in turn on a four times finer grid
-(`Candidates.refined`). In time, the chosen cascade is then timed as it will run (routing,
+confidence), and 1. In time, the chosen cascade is then timed as it will run (routing,
 regrouping and padded batches cost 5-8% over its stages' times, experiments/BENCHMARKS.md), and a
 budget it overruns is tightened by that ratio and the choice made again (`fit_measured`). It
 writes `cascade.json` into the model directory; `python -m rsnets_jax.predict --cascade` reads it
@@ -48,7 +47,6 @@ DEFAULT_CALIBRATION_IMAGES = 4000  # as experiments/cascade.py calibrated
 CALIBRATION_SPLITS = {'train': 'training', 'val': 'validation'}  # --calibration-split: its name
 DEFAULT_MAX_DROP = 0.5  # points of top-1 below the largest resolution's
 DEFAULT_LEVELS = 16  # thresholds per stage that the calibration tries: exit shares 1/16 .. 16/16
-FINE_LEVELS = 64  # then each threshold of the chosen cascade alone, at exit shares 1/64 .. 64/64
 TIMING_SECONDS = 1.0  # each resolution's time per image is measured for at least this long
 MEASURED_ROUNDS = 3  # a time budget: choose, time the whole pass, tighten; at most this often
 PASS_REPEATS = 3  # a cascade's measured time is the median of this many passes
@@ -404,40 +402,13 @@ class Candidates:
                         f'({target.describe(self.unit)}); the cheapest, '
                         f'{min(self.resolutions)} px alone, costs {cheapest:.4g} {self.unit} '
                         f'per image')
-    cascade, accuracy, spent = self.refined(self.cascade(best), target, scale)
+    cascade = self.cascade(best)
     routed = route([self.stage_logits[r] for r in cascade.resolutions], cascade.thresholds,
                    self.rule)
     shares = tuple(n / len(self.labels) for n in routed.exit_counts(len(cascade.resolutions)))
-    return Calibrated(cascade, accuracy, spent, self.reference_accuracy,
-                      scale * float(self.costs[self.resolutions[-1]]), shares)
-
-  def refined(self, cascade: Cascade, target, scale: float) -> Tuple[Cascade, float, float]:
-    """(cascade, top-1, cost): `cascade` with each threshold in turn moved to the one of
-    FINE_LEVELS exit shares that `target` prefers, the others held: the coarse grid's step (1/16
-    of the images to a larger size) can leave a budget's last tenth unspent."""
-    stage_logits = [self.stage_logits[r] for r in cascade.resolutions]
-    spent = scale * np.cumsum([self.costs[r] for r in cascade.resolutions])
-    conf, correct = _stage_confidence(stage_logits, self.labels, self.rule)
-    thresholds = np.asarray(cascade.thresholds, np.float64)
-
-    def scores(options):  # top-1 and mean cost of each row of thresholds
-      t = options[:, :, None]
-      leave = np.concatenate([(conf[None, :-1] >= t) & (t < 1.0),
-                              np.ones((len(t), 1, conf.shape[1]), bool)], axis=1)
-      stage = np.argmax(leave, axis=1)
-      return (100.0 * np.mean(correct[stage, np.arange(conf.shape[1])], axis=1),
-              np.mean(spent[stage], axis=1))
-
-    for k in range(len(thresholds)):
-      fine = candidate_thresholds(conf[k], FINE_LEVELS)
-      options = np.repeat(thresholds[None], 1 + len(fine), axis=0)
-      options[1:, k] = fine
-      accuracy, cost = scores(options)
-      # Row 0 is the current choice, which meets the target: the pick is never worse.
-      thresholds = options[target.choose(accuracy, cost, self.reference_accuracy)]
-    accuracy, cost = scores(thresholds[None])
-    return (Cascade(cascade.resolutions, tuple(thresholds), self.rule), float(accuracy[0]),
-            float(cost[0]))
+    return Calibrated(cascade, float(self.accuracy[best]), float(cost[best]),
+                      self.reference_accuracy, scale * float(self.costs[self.resolutions[-1]]),
+                      shares)
 
 
 def fit_measured(candidates: Candidates, target, measure: Callable[[Cascade], float],
