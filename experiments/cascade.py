@@ -239,6 +239,13 @@ def halves(num_images: int, seed: int = 0):
   return np.sort(order[:num_images // 2]), np.sort(order[num_images // 2:])
 
 
+def fold_pairs(num_images: int, seed: int = 0):
+  """((calibration, evaluation) indices) for the two folds: each half calibrates, the other
+  evaluates."""
+  first, second = halves(num_images, seed)
+  return (first, second), (second, first)
+
+
 def subset(views, indices):
   """(arrays, labels) of `views` at `indices`."""
   arrays, labels = views
@@ -249,8 +256,8 @@ def two_folds(dst, runtime, val, args, log):
   """measure_network twice, calibrated on one half of the validation images and timed and scored
   on the other, then the other way round: each point's top-1, time and exit shares the mean of
   the two folds (a target's cascade may differ between them; the first fold's is listed)."""
-  folds, (first, second) = [], halves(len(val[1]))
-  for k, (cal_idx, eval_idx) in enumerate(((first, second), (second, first))):
+  folds = []
+  for k, (cal_idx, eval_idx) in enumerate(fold_pairs(len(val[1]))):
     log(f'  fold {k + 1} of 2: calibrated on {len(cal_idx)} validation images, timed on '
         f'{len(eval_idx)}')
     folds.append(measure_network(dst, runtime, subset(val, eval_idx), subset(val, cal_idx),

@@ -47,7 +47,7 @@ from rsnets_jax.train import recalibrate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cascade_bound  # pylint: disable=wrong-import-position
-from cascade import halves  # pylint: disable=wrong-import-position
+from cascade import fold_pairs  # pylint: disable=wrong-import-position
 
 SHARES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FLIP = 'flip'  # the stage name of the mirrored look at the largest size
@@ -113,7 +113,7 @@ def router_scores(first, second, labels, cal, test):
 def router_curves(logits, labels, first: int, last: int):
   """{router: top-1 (%) on the held-out half at each of SHARES sent on, mean of two folds}."""
   curves = {}
-  for cal, test in (halves(len(labels)), halves(len(labels))[::-1]):
+  for cal, test in fold_pairs(len(labels)):
     right1 = np.argmax(logits[first][test], -1) == labels[test]
     right2 = np.argmax(logits[last][test], -1) == labels[test]
     for name, score in router_scores(logits[first], logits[last], labels, cal, test).items():
@@ -168,7 +168,7 @@ def held_out(found, labels, limit, scale, levels, rule):
   """Top-1 and cost on each held-out half of the cascade chosen on the other, and the reference
   index sets: [(top-1, cost x scale, stages, test indices)] for the two folds."""
   folds = []
-  for cal, test in (halves(len(labels)), halves(len(labels))[::-1]):
+  for cal, test in fold_pairs(len(labels)):
     best = best_at(found, labels, limit, scale, levels, rule, cal)
     if best is None:
       folds.append(None)
@@ -217,7 +217,8 @@ def goal1(logits, labels, stage_ms, fixed_ms, scale, sizes, levels, rule):
 # -- the measurement ------------------------------------------------------------------------------
 
 def network_logits(workdir, config, views, added):
-  """({size or FLIP-size: logits}, net): trained and added sizes, plain and mirrored."""
+  """({size: logits} of the views, {size: logits} of the views mirrored, net): the trained
+  sizes and `added` ones, added as add_resolutions adds them."""
   net, params, stats = rsnets_jax.load(workdir)
   mean, std = preprocess.input_normalisation(config.data)
   batches, used = data.recalibration_batches(config, set(net.resolutions) | set(added),

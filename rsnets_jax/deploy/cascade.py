@@ -293,10 +293,11 @@ class WithinBudget:
 
   def choose(self, accuracy: np.ndarray, cost: np.ndarray, reference: float) -> Optional[int]:
     del reference
-    ok = np.flatnonzero(cost <= self.limit * (1 + 1e-12))
+    ok = np.flatnonzero(~self.exceeded_by(cost))
     return None if not len(ok) else int(ok[np.lexsort((cost[ok], -accuracy[ok]))[0]])
 
-  def exceeded_by(self, cost: float) -> bool:
+  def exceeded_by(self, cost):
+    """Whether `cost` (a number or an array of them) is over the limit."""
     return cost > self.limit * (1 + 1e-12)
 
   def describe(self, unit: str) -> str:
